@@ -1,0 +1,1 @@
+"""`uld aggregate` (not yet implemented)."""

@@ -1,0 +1,1 @@
+"""`uld augment` (not yet implemented)."""

@@ -1,0 +1,1 @@
+"""`uld bench` (not yet implemented)."""

@@ -1,0 +1,1 @@
+"""`uld demo` (not yet implemented)."""

@@ -1,0 +1,1 @@
+"""`uld eval` (not yet implemented)."""

@@ -1,0 +1,1 @@
+"""`uld generate` (not yet implemented)."""

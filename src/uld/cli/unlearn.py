@@ -1,0 +1,1 @@
+"""`uld unlearn` (not yet implemented)."""

@@ -1,0 +1,1 @@
+"""Models: loading targets, building the assistant, the logit-difference model."""
