@@ -35,3 +35,40 @@ def load_causal_lm(name_or_path: str | Path, dtype: str | None = None, device: s
         model.to(device)
     model.eval()
     return model
+
+
+def load_model(name_or_path: str | Path, device: str | None = None, dtype: str | None = None):
+    """Load any model uld can evaluate or generate with, and its tokenizer.
+
+    - a ULD directory (has `uld_config.json`): `ULDForCausalLM.from_pretrained`;
+    - a peft adapter directory (has `adapter_config.json`): the base model + adapter;
+    - anything else: a plain transformers causal LM (hub id or local directory).
+    Returns `(model, tokenizer)`, the model in eval mode.
+    """
+    p = Path(name_or_path)
+    if (p / "uld_config.json").is_file():
+        from uld.models.uld_model import ULDForCausalLM
+
+        model = ULDForCausalLM.from_pretrained(p)
+        tok_src = p if _has_tokenizer(p) else model.config.target_name_or_path
+    elif (p / "adapter_config.json").is_file():
+        try:
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(str(p))
+        except Exception as e:
+            raise UldError(f"could not load the peft adapter in {str(p)!r}: {e}") from e
+        tok_src = p if _has_tokenizer(p) else model.peft_config["default"].base_model_name_or_path
+    else:
+        if p.exists() and not (p / "config.json").is_file():
+            raise UldError(f"{str(p)!r} holds no model: expected config.json (transformers) or uld_config.json (ULD)")
+        model = load_causal_lm(name_or_path, dtype=dtype)
+        tok_src = name_or_path
+    if device:
+        model.to(device)
+    model.eval()
+    return model, load_tokenizer(tok_src)
+
+
+def _has_tokenizer(p: Path) -> bool:
+    return (p / "tokenizer.json").is_file() or (p / "tokenizer_config.json").is_file()
