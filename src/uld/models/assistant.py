@@ -1,0 +1,286 @@
+"""The ULD assistant: the target's embeddings, its first K decoder blocks, its final norm and its
+output head, plus LoRA adapters (DESIGN §2).
+
+How it is built, generically for any transformers decoder-only causal LM:
+
+1. The decoder blocks are found as the `nn.ModuleList` under `get_decoder()` whose length is the
+   config's `num_hidden_layers` (Llama/Mistral/Qwen2/Phi-3 `model.layers`, GPT-NeoX
+   `gpt_neox.layers`, GPT-2 `transformer.h`).
+2. The whole target *module tree* is copied with every parameter, buffer and tensor attribute
+   mapped to itself (a `deepcopy` whose memo holds the target's tensors): the copy is a new set of
+   module objects, so peft can inject LoRA into it without touching the target, while every weight
+   in it *is* the target's tensor (no memory added). Embeddings, position embeddings (GPT-2),
+   rotary embedding, final norm (`norm`, `final_layer_norm`, `ln_f`) and output head (`lm_head`,
+   `embed_out`) come along wherever the family keeps them.
+3. The copied block list is cut to its first K blocks and the copied config says K layers
+   (per-layer config lists such as `layer_types` are cut too), so the family's own `forward`
+   (masks, caches, `logits_to_keep`, learned or rotary positions) runs the small model unchanged.
+4. LoRA (peft) goes on every linear layer inside the K blocks (`nn.Linear`, GPT-2's `Conv1D` with
+   `fan_in_fan_out`), never on the head. With `lora_rank=0` the K blocks are instead replaced by a
+   trainable private copy (the only case where weights are copied).
+
+The shared weights get `requires_grad=False` (on the target too: they are the same tensors).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from uld.errors import UldError
+
+ADAPTER_NAME = "default"
+
+
+class ULDAssistant(nn.Module):
+    """A small causal LM sharing the target's weights; only its adapter (or block copy) trains.
+
+    Call it like a causal LM: `assistant(input_ids=(B, T), attention_mask=(B, T), position_ids=
+    (B, T) | None, cache=..., use_cache=False, logits_to_keep=0)` returns the family's
+    `CausalLMOutputWithPast` with `.logits` (B, T', V) and `.cache` when `use_cache`.
+    """
+
+    def __init__(self, model: nn.Module, trainable_names: list[str], assistant_config: dict):
+        super().__init__()
+        self.model = model
+        self._trainable_names = list(trainable_names)
+        # K, LoRA settings and the block path: what `ULDForCausalLM.save_pretrained` records.
+        self.assistant_config = dict(assistant_config)
+
+    @property
+    def config(self):
+        """The transformers config of the K-block model (e.g. for `DynamicCache(config=...)`)."""
+        return self.model.config
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: Any = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ):
+        if cache is None:
+            cache = past_key_values
+        return self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The adapter's parameters (LoRA A/B, or the private block copy), in a fixed order."""
+        params = dict(self.model.named_parameters())
+        return [params[n] for n in self._trainable_names]
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the trainable tensors (what is saved), detached, keyed by name inside the model."""
+        params = dict(self.model.named_parameters())
+        return {n: params[n].detach() for n in self._trainable_names}
+
+    def load_adapter_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Copy saved adapter tensors in; names and shapes must match exactly."""
+        expected = set(self._trainable_names)
+        got = set(state_dict)
+        if got != expected:
+            missing, extra = sorted(expected - got), sorted(got - expected)
+            raise UldError(
+                f"the adapter does not fit this assistant: {len(missing)} tensors missing "
+                f"(e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]})"
+            )
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name in self._trainable_names:
+                src, dst = state_dict[name], params[name]
+                if tuple(src.shape) != tuple(dst.shape):
+                    raise UldError(
+                        f"the adapter tensor {name!r} has shape {tuple(src.shape)}, "
+                        f"the assistant expects {tuple(dst.shape)}"
+                    )
+                dst.copy_(src.to(device=dst.device, dtype=dst.dtype))
+
+
+def find_decoder_blocks(target: nn.Module) -> tuple[str, nn.ModuleList]:
+    """Return `(qualified name inside target, block list)`; UldError when there is none to cut."""
+    name = type(target).__name__
+    config = getattr(target, "config", None)
+    if config is None:
+        raise UldError(f"cannot split {name}: it is not a transformers model (no config)")
+    text_config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    if getattr(config, "is_encoder_decoder", False):
+        raise UldError(
+            f"cannot split {name}: it is an encoder-decoder model, and ULD needs a decoder-only causal LM"
+        )
+    n_layers = getattr(text_config, "num_hidden_layers", None)
+    if not isinstance(n_layers, int) or n_layers < 1:
+        raise UldError(f"cannot split {name}: its config gives no number of decoder layers")
+    head = target.get_output_embeddings() if hasattr(target, "get_output_embeddings") else None
+    if head is None:
+        raise UldError(f"cannot split {name}: it has no output head (get_output_embeddings() is None)")
+    decoder = target.get_decoder() if hasattr(target, "get_decoder") else None
+    if decoder is None or decoder is target:
+        decoder = getattr(target, "base_model", target)
+    candidates = [
+        m for m in decoder.modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers
+    ]
+    if len(candidates) != 1:
+        why = "none" if not candidates else f"{len(candidates)} (ambiguous)"
+        raise UldError(
+            f"cannot split {name}: expected one list of its {n_layers} decoder blocks under "
+            f"get_decoder(), found {why}"
+        )
+    blocks = candidates[0]
+    qualified = next(n for n, m in target.named_modules() if m is blocks)
+    return qualified, blocks
+
+
+def _linear_names(module: nn.Module) -> dict[str, nn.Module]:
+    """Names (relative to `module`) of its linear layers: `nn.Linear` and GPT-2's `Conv1D`."""
+    from transformers.pytorch_utils import Conv1D
+
+    return {n: m for n, m in module.named_modules() if isinstance(m, nn.Linear | Conv1D)}
+
+
+def _shared_copy(target: nn.Module) -> nn.Module:
+    """A new module tree whose every tensor is the target's own (no weight is copied)."""
+    memo: dict[int, Any] = {}
+    for m in target.modules():
+        for t in list(m._parameters.values()) + list(m._buffers.values()):
+            if t is not None:
+                memo[id(t)] = t
+        for v in vars(m).values():
+            if isinstance(v, torch.Tensor):
+                memo[id(v)] = v
+    return copy.deepcopy(target, memo)
+
+
+def build_assistant(
+    target: nn.Module,
+    num_layers: int | None = None,
+    lora_rank: int = 32,
+    lora_alpha: float = 32,
+    lora_dropout: float = 0.05,
+    target_modules: list[str] | str | None = None,
+) -> ULDAssistant:
+    """Build the assistant of DESIGN §2 from `target` (paper: K = layers/4, LoRA r 32, alpha 32,
+    dropout 0.05 on every linear layer in the blocks).
+
+    `num_layers` K (None: a quarter of the target's layers, at least 1) must satisfy
+    1 <= K < layers. `target_modules` restricts LoRA to linear layers inside the K blocks whose
+    name ends with one of the given names (e.g. `["q_proj", "v_proj"]`); it must match at least one.
+    `lora_rank=0` trains a private copy of the K blocks instead of LoRA.
+    """
+    blocks_path, blocks = find_decoder_blocks(target)
+    n = len(blocks)
+    k = max(1, n // 4) if num_layers is None else num_layers
+    if not isinstance(k, int) or k < 1 or k >= n:
+        raise UldError(
+            f"the assistant's layer count K must satisfy 1 <= K < {n} (the target's decoder layers), got {k}"
+        )
+    if lora_rank < 0:
+        raise UldError(f"lora_rank must be >= 0 (0 = a trainable copy of the blocks), got {lora_rank}")
+
+    model = _shared_copy(target)
+    parent_path, _, attr = blocks_path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, attr, nn.ModuleList(list(getattr(parent, attr))[:k]))
+    _truncate_config(model.config, n, k)
+
+    for p in model.parameters():  # shared with the target: frozen (ULD never changes the target)
+        p.requires_grad_(False)
+
+    if lora_rank == 0:
+        resolved: list[str] = []
+        cut = getattr(parent, attr)
+        memo = {id(model.config): model.config}
+        for i in range(k):
+            cut[i] = copy.deepcopy(cut[i], dict(memo))  # fresh tensors: the private copy
+            cut[i].requires_grad_(True)
+        prefix = f"{blocks_path}."
+        trainable = [name for name, _ in model.named_parameters() if name.startswith(prefix)]
+    else:
+        resolved = _resolve_lora_targets(model, blocks_path, k, target_modules)
+        trainable = _inject_lora(model, resolved, lora_rank, lora_alpha, lora_dropout)
+
+    cfg = {
+        "num_layers": k,
+        "target_layers": n,
+        "lora_rank": lora_rank,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": lora_dropout,
+        "target_modules": None if target_modules is None else _as_list(target_modules),
+        "lora_modules": resolved,
+        "blocks_path": blocks_path,
+    }
+    assistant = ULDAssistant(model, trainable, cfg)
+    assistant.train(target.training)
+    return assistant
+
+
+def _as_list(x: list[str] | str) -> list[str]:
+    return [x] if isinstance(x, str) else list(x)
+
+
+def _truncate_config(config, n: int, k: int) -> None:
+    """Make the copied config describe K layers; per-layer lists (`layer_types`, ...) are cut."""
+    config.num_hidden_layers = k
+    for key, value in list(vars(config).items()):
+        if isinstance(value, list | tuple) and len(value) == n and key != "num_hidden_layers":
+            setattr(config, key, type(value)(value[:k]))
+
+
+def _resolve_lora_targets(model: nn.Module, blocks_path: str, k: int, target_modules) -> list[str]:
+    """Qualified names of the linear layers inside the K blocks that get LoRA."""
+    names: list[str] = []
+    blocks = model.get_submodule(blocks_path)
+    for i in range(k):
+        for rel in _linear_names(blocks[i]):
+            if rel:
+                names.append(f"{blocks_path}.{i}.{rel}")
+    if not names:
+        raise UldError(f"no linear layer found inside the decoder blocks of {type(model).__name__}")
+    if target_modules is None:
+        return names
+    wanted = _as_list(target_modules)
+    chosen = [n for n in names if any(n == w or n.endswith(f".{w}") for w in wanted)]
+    if not chosen:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+        raise UldError(
+            f"LoRA target modules {wanted} match no linear layer in the decoder blocks; "
+            f"available: {', '.join(leaves)}"
+        )
+    return chosen
+
+
+def _inject_lora(model: nn.Module, names: list[str], r: int, alpha: float, dropout: float) -> list[str]:
+    from peft import LoraConfig, inject_adapter_in_model
+    from transformers.pytorch_utils import Conv1D
+
+    modules = dict(model.named_modules())
+    fan_in_fan_out = all(isinstance(modules[n], Conv1D) for n in names)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=names,  # full names: matched exactly, so the head can never get LoRA
+        fan_in_fan_out=fan_in_fan_out,
+        bias="none",
+    )
+    inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
+    trainable = []
+    for name, p in model.named_parameters():
+        is_lora = ".lora_A." in name or ".lora_B." in name
+        p.requires_grad_(is_lora)
+        if is_lora:
+            trainable.append(name)
+    return trainable
