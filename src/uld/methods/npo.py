@@ -40,7 +40,7 @@ def npo_loss(inputs: LossInputs, *, beta: float) -> tuple[torch.Tensor, dict[str
 def npo_gd_loss(
     inputs: LossInputs, *, beta: float, gamma: float, alpha: float
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """NPO + retain NLL ("NPO-RT" in the paper): gamma * L_NPO + alpha * NLL(retain)."""
+    """NPO + retain NLL ("NPO+RT" in the paper): gamma * L_NPO + alpha * NLL(retain)."""
     npo, logs = _npo_term(inputs, beta, "npo_gd")
     retain = retain_nll(inputs, "npo_gd")
     logs["retain_nll"] = retain.item()
