@@ -1,0 +1,99 @@
+"""Result files (`TOFU_EVAL.json`, `TOFU_SUMMARY.json`, OpenUnlearning's layout) and the table.
+
+`TOFU_EVAL.json`: `{metric: {"agg_value": float | null, "value_by_index": {index: {...}}}}` with
+the per-item values (generations included in the `*_ROUGE` entries); a metric that could not be
+computed has `"agg_value": null` and `"unavailable": "<reason>"`.
+`TOFU_SUMMARY.json`: `{metric: agg_value}` plus `"unavailable": {metric: reason}` when any.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from uld.errors import UldError
+from uld.eval.metrics import direction_of
+from uld.eval.tofu import summarize
+from uld.io import atomic_write_json
+
+EVAL_FILE = "TOFU_EVAL.json"
+SUMMARY_FILE = "TOFU_SUMMARY.json"
+
+HEADLINE = (
+    ("forget_quality", "forget quality (KS p-value vs retain model)"),
+    ("model_utility", "model utility (harmonic mean of 9)"),
+    ("forget_truth_ratio", "forget truth ratio"),
+    ("forget_Q_A_Prob", "forget probability"),
+    ("forget_Q_A_ROUGE", "forget ROUGE-L recall"),
+    ("retain_Q_A_Prob", "retain probability"),
+    ("retain_Q_A_ROUGE", "retain ROUGE-L recall"),
+    ("retain_Truth_Ratio", "retain truth ratio"),
+    ("ra_Q_A_Prob_normalised", "real authors probability"),
+    ("ra_Q_A_ROUGE", "real authors ROUGE-L recall"),
+    ("ra_Truth_Ratio", "real authors truth ratio"),
+    ("wf_Q_A_Prob_normalised", "world facts probability"),
+    ("wf_Q_A_ROUGE", "world facts ROUGE-L recall"),
+    ("wf_Truth_Ratio", "world facts truth ratio"),
+    ("mia_loss", "MIA AUC, LOSS"),
+    ("mia_zlib", "MIA AUC, zlib"),
+    ("mia_min_k", "MIA AUC, Min-K% (k=0.4)"),
+    ("mia_min_k_plus_plus", "MIA AUC, Min-K%++ (k=0.4)"),
+    ("privleak", "privleak (%, Min-K% AUC vs retain model)"),
+)
+ARROWS = {"higher": "↑", "lower": "↓", "closer_to_zero": "→0", "closer_to_half": "→0.5"}
+
+
+def write_results(out_dir: str | Path, metrics: dict[str, dict]) -> dict[str, Any]:
+    """Write both files atomically (each through a temp file + rename); returns the summary."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UldError(f"--out {str(out)!r} is a file; give a directory for {EVAL_FILE} and {SUMMARY_FILE}")
+    summary = summarize(metrics)
+    atomic_write_json(out / EVAL_FILE, metrics)
+    atomic_write_json(out / SUMMARY_FILE, summary)
+    return summary
+
+
+def read_results(path: str | Path) -> tuple[dict[str, dict], dict[str, Any] | None]:
+    """Read `TOFU_EVAL.json` (and `TOFU_SUMMARY.json` next to it, when present)."""
+    p = Path(path)
+    eval_path = p / EVAL_FILE if p.is_dir() else p
+    if not eval_path.is_file():
+        raise UldError(f"no {EVAL_FILE} at {str(p)!r}")
+    metrics = json.loads(eval_path.read_text(encoding="utf-8"))
+    summary_path = eval_path.with_name(SUMMARY_FILE)
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
+    return metrics, summary
+
+
+def format_value(name: str, value: Any) -> str:
+    if value is None:
+        return "unavailable"
+    if name == "forget_quality":
+        log10 = f" (log10 {math.log10(value):.2f})" if value > 0 else ""
+        return f"{value:.6g}{log10}"
+    if name == "privleak":
+        return f"{value:+.2f}"
+    return f"{value:.4f}"
+
+
+def print_table(summary: dict[str, Any], console=None, title: str = "TOFU evaluation") -> None:
+    """A rich table of the headline numbers; unavailable ones show their reason."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    reasons = summary.get("unavailable", {})
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("better", justify="center")
+    table.add_column("value", justify="right")
+    for name, label in HEADLINE:
+        if name not in summary:
+            continue
+        value = summary[name]
+        shown = format_value(name, value) if value is not None else f"unavailable: {reasons.get(name, 'not computed')}"
+        table.add_row(label, ARROWS.get(direction_of(name) or "", ""), shown)
+    console.print(table)
