@@ -1,0 +1,160 @@
+"""The ULD assistant: first K blocks of the target, shared frozen weights, LoRA only trains."""
+
+import pytest
+import torch
+import transformers as tf
+from torch import nn
+
+from uld import build_assistant
+from uld.errors import UldError
+from uld.testing import tiny_llama
+
+V = 320
+_COMMON = dict(vocab_size=V, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+FAMILIES = {
+    "llama": lambda: tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                    num_attention_heads=4, num_key_value_heads=2, **_COMMON),
+    "mistral": lambda: tf.MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                        num_attention_heads=4, num_key_value_heads=2, sliding_window=8, **_COMMON),
+    "qwen2": lambda: tf.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                    num_attention_heads=4, num_key_value_heads=2, **_COMMON),
+    "phi3": lambda: tf.Phi3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                  num_attention_heads=4, num_key_value_heads=2, **_COMMON),
+    "gpt_neox": lambda: tf.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                         num_attention_heads=4, **_COMMON),
+    "gpt2": lambda: tf.GPT2Config(n_embd=32, n_layer=4, n_head=4, **_COMMON),
+}
+
+
+def tiny_family(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return tf.AutoModelForCausalLM.from_config(FAMILIES[name]()).eval()
+
+
+def truncated_reference(target, k: int):
+    """The target cut to its first k blocks, built independently: a fresh k-layer model of the same
+    class loaded with the target's tensors (its extra blocks' weights are simply not loaded)."""
+    cfg = target.config.__class__(**target.config.to_dict())
+    cfg.num_hidden_layers = k
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = cfg.layer_types[:k]
+    ref = type(target)(cfg).eval()
+    ref.load_state_dict(target.state_dict(), strict=False)
+    return ref
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_fresh_assistant_equals_target_truncated_to_k_blocks(family):
+    target = tiny_family(family)
+    assistant = build_assistant(target, num_layers=2).eval()
+    ids = torch.randint(3, V, (2, 7), generator=torch.Generator().manual_seed(0))
+    got = assistant(input_ids=ids).logits
+    want = truncated_reference(target, 2)(input_ids=ids).logits
+    assert got.shape == (2, 7, V)
+    # LoRA B starts at 0, so the adapter adds exactly 0 to every linear layer.
+    assert torch.equal(got, want)
+    # ...and the assistant is not just the whole target.
+    assert not torch.allclose(got, target(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_training_the_assistant_never_changes_the_target_and_adds_only_lora(family):
+    target = tiny_family(family)
+    before = {n: p.detach().clone() for n, p in target.named_parameters()}
+    target_ptrs = {p.data_ptr() for p in target.parameters()}
+    assistant = build_assistant(target, num_layers=2, lora_rank=4, lora_alpha=8)
+    lora = assistant.trainable_parameters()
+    assert lora and all("lora_" in n for n in assistant.adapter_state_dict())
+    # LoRA on every linear layer of the 2 blocks, none on the head.
+    assert not any("lm_head" in n for n in assistant.assistant_config["lora_modules"])
+    assert all(n.split(".")[2] in ("0", "1") for n in assistant.assistant_config["lora_modules"])
+
+    opt = torch.optim.AdamW(lora, lr=1e-2)
+    ids = torch.randint(3, V, (2, 9), generator=torch.Generator().manual_seed(1))
+    assistant.train()
+    losses = []
+    for _ in range(4):
+        logits = assistant(input_ids=ids).logits
+        loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    shared = {id(p) for p in assistant.parameters()}
+    for n, p in target.named_parameters():
+        assert torch.equal(p, before[n]), n
+        if id(p) in shared:
+            assert not p.requires_grad  # the assistant's frozen weights are the target's tensors
+    ptrs = target_ptrs | {p.data_ptr() for p in assistant.parameters()}
+    assert len(ptrs) == len(target_ptrs) + len(lora)
+    # The B matrices moved away from 0: the assistant now differs from the truncated target.
+    assistant.eval()
+    assert not torch.equal(assistant(input_ids=ids).logits, truncated_reference(target, 2)(input_ids=ids).logits)
+
+
+def test_rank_zero_trains_a_private_copy_of_the_blocks():
+    target = tiny_llama(num_layers=4)
+    assistant = build_assistant(target, num_layers=1, lora_rank=0).eval()
+    block_params = list(target.model.layers[0].parameters())
+    copied = assistant.trainable_parameters()
+    assert len(copied) == len(block_params)
+    assert {p.data_ptr() for p in copied}.isdisjoint({p.data_ptr() for p in target.parameters()})
+    ids = torch.randint(3, V, (1, 6), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(assistant(input_ids=ids).logits, truncated_reference(target, 1)(input_ids=ids).logits)
+    # Embeddings and head remain shared: the copy adds exactly one block's tensors.
+    all_ptrs = {p.data_ptr() for p in target.parameters()} | {p.data_ptr() for p in assistant.parameters()}
+    assert len(all_ptrs) == len(list(target.parameters())) + len(block_params)
+
+
+def test_default_k_is_a_quarter_of_the_layers():
+    assert build_assistant(tiny_llama(num_layers=8)).assistant_config["num_layers"] == 2
+    assert build_assistant(tiny_llama(num_layers=3)).assistant_config["num_layers"] == 1
+
+
+@pytest.mark.parametrize("k", [0, 4, 7, -1])
+def test_k_out_of_range_is_one_clear_error(k):
+    with pytest.raises(UldError, match=r"1 <= K < 4"):
+        build_assistant(tiny_llama(num_layers=4), num_layers=k)
+
+
+def test_lora_target_modules_restrict_and_must_match():
+    target = tiny_llama(num_layers=4)
+    a = build_assistant(target, num_layers=2, target_modules=["q_proj", "v_proj"])
+    assert a.assistant_config["lora_modules"] == [
+        f"model.layers.{i}.self_attn.{m}" for i in range(2) for m in ("q_proj", "v_proj")
+    ]
+    # 2 blocks x 2 modules x (A, B)
+    assert len(a.trainable_parameters()) == 8
+    with pytest.raises(UldError, match="match no linear layer.*available: .*q_proj"):
+        build_assistant(target, num_layers=2, target_modules=["query"])
+    with pytest.raises(UldError, match="match no linear layer"):
+        build_assistant(target, num_layers=2, target_modules="lm_head")  # never on the head
+
+
+def test_unsplittable_architectures_say_which_and_why():
+    target = tiny_llama(num_layers=4)
+    target.model.layers = nn.Sequential(*target.model.layers)  # no block list to cut
+    with pytest.raises(UldError, match=r"cannot split LlamaForCausalLM: .*4 decoder blocks.*found none"):
+        build_assistant(target, num_layers=2)
+    t5 = tf.T5ForConditionalGeneration(tf.T5Config(vocab_size=V, d_model=16, d_kv=4, d_ff=32,
+                                                   num_layers=2, num_heads=2))
+    with pytest.raises(UldError, match="cannot split T5ForConditionalGeneration: it is an encoder-decoder"):
+        build_assistant(t5, num_layers=1)
+
+
+def test_adapter_state_dict_round_trip_and_mismatch():
+    target = tiny_llama(num_layers=4)
+    a = build_assistant(target, num_layers=2, lora_rank=4)
+    with torch.no_grad():
+        for p in a.trainable_parameters():
+            p.normal_()
+    sd = {k: v.clone() for k, v in a.adapter_state_dict().items()}
+    b = build_assistant(target, num_layers=2, lora_rank=4)
+    b.load_adapter_state_dict(sd)
+    ids = torch.randint(3, V, (1, 5), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a.eval()(input_ids=ids).logits, b.eval()(input_ids=ids).logits)
+    with pytest.raises(UldError, match="does not fit"):
+        build_assistant(target, num_layers=1, lora_rank=4).load_adapter_state_dict(sd)
+    with pytest.raises(UldError, match="has shape"):
+        build_assistant(target, num_layers=2, lora_rank=8).load_adapter_state_dict(sd)
