@@ -230,7 +230,7 @@ def _split_metrics(prefix: str, s: SplitScores) -> dict[str, dict]:
     out: dict[str, dict] = {}
     if s.nll is not None:
         out[f"{prefix}_Q_A_Prob"] = _prob_entry(s.nll)
-    if s.nll_para is not None and SPLITS[prefix][1]:
+    if s.nll_para is not None:  # on ra/wf only from TOFU logs (see truth_ratio_r); kept for round trips
         out[f"{prefix}_Q_A_PARA_Prob"] = _prob_entry(s.nll_para)
     if s.nll_pert is not None:
         out[f"{prefix}_Q_A_PERT_Prob"] = _pert_entry(s.nll_pert)
