@@ -1,0 +1,263 @@
+"""ULDForCausalLM: exact logits, the plausibility filter, generation, save/load."""
+
+import math
+
+import pytest
+import torch
+import transformers as tf
+
+from uld import ULDForCausalLM, build_assistant
+from uld.errors import UldError
+from uld.models.uld_model import plausibility_mask
+from uld.ops import token_nll
+from uld.testing import tiny_llama
+
+V = 320
+EOS, PAD = 2, 0
+_COMMON = dict(vocab_size=V, bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD)
+FAMILIES = {
+    "llama": lambda: tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                    num_attention_heads=4, num_key_value_heads=2, **_COMMON),
+    "mistral": lambda: tf.MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                        num_attention_heads=4, num_key_value_heads=2, sliding_window=8, **_COMMON),
+    "qwen2": lambda: tf.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                    num_attention_heads=4, num_key_value_heads=2, **_COMMON),
+    "phi3": lambda: tf.Phi3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                  num_attention_heads=4, num_key_value_heads=2, **_COMMON),
+    "gpt_neox": lambda: tf.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                         num_attention_heads=4, **_COMMON),
+    "gpt2": lambda: tf.GPT2Config(n_embd=32, n_layer=4, n_head=4, **_COMMON),
+}
+
+
+def sharpen(target, scale=30.0):
+    """Random tiny models predict almost uniformly (every token plausible); a scaled output head
+    gives logits with a spread of a few units, so the filter has something to cut."""
+    with torch.no_grad():
+        target.get_output_embeddings().weight.mul_(scale)
+    return target
+
+
+def uld_model(target=None, alpha=0.75, rate=0.05, seed=0, k=2, lora_scale=0.5):
+    """A ULD model whose assistant is not the truncated target (LoRA A, B randomised)."""
+    target = target if target is not None else sharpen(tiny_llama(num_layers=4, seed=seed))
+    assistant = build_assistant(target, num_layers=k, lora_rank=4)
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for p in assistant.trainable_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * lora_scale)
+    return ULDForCausalLM(target, assistant, alpha=alpha, filter_rate=rate).eval()
+
+
+def left_padded_batch(lengths=(3, 7, 5), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = max(lengths)
+    ids = torch.full((len(lengths), t), PAD)
+    mask = torch.zeros(len(lengths), t, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, t - n:] = torch.randint(3, V, (n,), generator=g)
+        mask[i, t - n:] = 1
+    return ids, mask
+
+
+def positions(mask):
+    return (mask.cumsum(-1) - 1).clamp_min(0)
+
+
+# -- the plausibility filter ---------------------------------------------------------------
+
+def test_filter_matches_hand_computed_sets():
+    # V = 10, r = 0.2: k = floor(2) = 2. Threshold = min(z_max + log 0.2, z_(2))
+    #   = min(3.0 - 1.609, 2.9) = 1.391, so tokens with logit >= 1.391 are plausible: {0, 1, 4}.
+    z = torch.tensor([3.0, 2.9, 1.0, 0.5, 1.5, 0.0, -1.0, 1.39, -2.0, 0.2])
+    assert plausibility_mask(z, 0.2).nonzero().flatten().tolist() == [0, 1, 4]
+    # r = 0.3: k = 3. min(5 - 1.204, 0.5) = 0.5: the k-th term keeps the top 3 (and ties).
+    z = torch.tensor([5.0, 1.0, 0.5, 0.2, -1.0, 0.5, -3.0, 0.1, 0.0, -0.5])
+    assert plausibility_mask(z, 0.3).nonzero().flatten().tolist() == [0, 1, 2, 5]
+    # r = 0.05: k = floor(0.5) = 0, only z >= z_max + log 0.05 = 5 - 2.996 = 2.004 count: {0}.
+    z = torch.tensor([5.0, 2.0, 2.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    assert plausibility_mask(z, 0.05).nonzero().flatten().tolist() == [0, 2]
+    # r = 0 disables the filter.
+    assert plausibility_mask(z, 0.0).all()
+
+
+def test_filter_on_logits_equals_the_log_probability_definition():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 6, 500, generator=g) * 3
+    r = 0.01
+    logp = torch.log_softmax(z.double(), -1)
+    k = math.floor(r * 500)  # 5
+    kth = logp.sort(-1, descending=True).values[..., k - 1 : k]
+    want = logp >= torch.minimum(logp.amax(-1, keepdim=True) + math.log(r), kth)
+    assert torch.equal(plausibility_mask(z.double(), r), want)
+
+
+# -- exact logits --------------------------------------------------------------------------
+
+def test_logits_are_target_minus_alpha_assistant_inside_and_target_outside():
+    model = uld_model(alpha=0.75, rate=0.05)
+    ids, mask = left_padded_batch()
+    kw = dict(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
+    zt = model.target(**kw).logits
+    za = model.assistant(**kw).logits
+    got = model(**kw).logits
+    inside = plausibility_mask(zt, 0.05)
+    assert inside.any() and (~inside).any()
+    assert torch.equal(got[inside], (zt - 0.75 * za)[inside])
+    assert torch.equal(got[~inside], zt[~inside])
+    # While generating, tokens outside the set can never be chosen.
+    gen = model(**kw, exclude_implausible=True).logits
+    assert torch.equal(gen[inside], got[inside]) and torch.isneginf(gen[~inside]).all()
+    # Rate 0: no filter, the difference everywhere.
+    model.filter_rate = 0.0
+    assert torch.equal(model(**kw).logits, zt - 0.75 * za)
+
+
+def test_labels_give_the_mean_next_token_nll_of_the_combined_logits():
+    model = uld_model()
+    ids, mask = left_padded_batch()
+    labels = ids.masked_fill(mask == 0, -100)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    nll, scored = token_nll(out.logits, labels)
+    assert torch.allclose(out.loss, nll.sum() / scored.sum())
+
+
+def test_vocabulary_mismatch_is_an_error():
+    target = tiny_llama(vocab_size=V)
+    other = build_assistant(tiny_llama(vocab_size=300), num_layers=1)
+    with pytest.raises(UldError, match="vocabulary mismatch: the target predicts 320 tokens, the assistant 300"):
+        ULDForCausalLM(target, other)
+
+
+# -- generation ----------------------------------------------------------------------------
+
+def greedy_reference(model, ids, mask, steps, eos=EOS, exclude=True):
+    """Token-by-token greedy decoding with full forward passes (no cache), by hand: implausible
+    tokens (by the target's logits) are excluded, finished rows continue with padding."""
+    done = torch.zeros(ids.size(0), dtype=torch.bool)
+    for _ in range(steps):
+        kw = dict(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
+        logits = model(**kw).logits[:, -1]
+        zt = model.target(**kw).logits[:, -1]
+        if exclude:
+            logits = logits.masked_fill(~plausibility_mask(zt, model.filter_rate), float("-inf"))
+        nxt = torch.where(done, PAD, logits.argmax(-1))
+        done |= nxt == eos
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    return ids
+
+
+def test_greedy_generate_equals_a_hand_written_loop_and_never_recomputes_the_prefix():
+    # An assistant close to the truncated target: subtracting it pushes the target's likely tokens
+    # below unlikely ones, so excluding implausible tokens changes what greedy decoding picks.
+    model = uld_model(alpha=1.0, rate=0.05, lora_scale=0.02)
+    ids, mask = left_padded_batch((3, 7, 5))
+    free = greedy_reference(model, ids, mask, 8, eos=None)
+    assert not torch.equal(free, greedy_reference(model, ids, mask, 8, eos=None, exclude=False))
+    eos = int(free[0, 7 + 2])  # row 0 emits this token at step 3: make it EOS so that row stops there
+    seen = {"target": [], "assistant": []}
+    hooks = [
+        getattr(model, name).register_forward_pre_hook(
+            lambda m, a, kw, name=name: seen[name].append(kw["input_ids"].shape[1]), with_kwargs=True
+        )
+        for name in seen
+    ]
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
+                         pad_token_id=PAD, eos_token_id=eos)
+    for h in hooks:
+        h.remove()
+    ref = greedy_reference(model, ids, mask, 8, eos=eos)
+    assert torch.equal(out, ref[:, : out.shape[1]])
+    assert (ref[:, out.shape[1]:] == PAD).all()
+    assert out[0, 7 + 2] == eos and (out[0, 7 + 3:] == PAD).all()
+    steps = out.shape[1] - ids.shape[1]
+    # One prefill over the prompt, then one token per step, for each model (its own KV cache).
+    assert seen["target"] == seen["assistant"] == [7] + [1] * (steps - 1)
+
+
+def test_sampling_with_a_seed_is_reproducible():
+    model = uld_model()
+    ids, mask = left_padded_batch((4, 6))
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=True, temperature=1.5,
+              top_k=100, top_p=0.95, pad_token_id=PAD, eos_token_id=None)
+    torch.manual_seed(7)
+    a = model.generate(**kw)
+    torch.manual_seed(7)
+    b = model.generate(**kw)
+    torch.manual_seed(8)
+    c = model.generate(**kw)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_builds_and_generates_with_cache_like_without(family):
+    torch.manual_seed(0)
+    target = sharpen(tf.AutoModelForCausalLM.from_config(FAMILIES[family]()).eval())
+    model = uld_model(target, alpha=0.75, rate=0.05)
+    ids, mask = left_padded_batch((2, 5))
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False,
+              pad_token_id=PAD, eos_token_id=None)
+    cached = model.generate(**kw)
+    assert cached.shape == (2, 10)
+    assert torch.equal(cached, model.generate(**kw, use_cache=False))
+
+
+# -- save / load ---------------------------------------------------------------------------
+
+def test_save_load_round_trip_gives_identical_logits(tmp_path):
+    model = uld_model(alpha=0.6, rate=0.02)
+    model.save_pretrained(tmp_path / "uld")
+    assert sorted(p.name for p in (tmp_path / "uld").iterdir()) == ["assistant.safetensors", "target", "uld_config.json"]
+    loaded = ULDForCausalLM.from_pretrained(tmp_path / "uld")
+    assert (loaded.alpha, loaded.filter_rate) == (0.6, 0.02)
+    assert loaded.config.target_name_or_path == str((tmp_path / "uld" / "target").resolve())
+    ids, mask = left_padded_batch()
+    assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits,
+                       model(input_ids=ids, attention_mask=mask).logits)
+
+
+def test_save_refers_to_a_target_on_disk_instead_of_copying_it(tmp_path, tokenizer):
+    from uld.models.loading import load_causal_lm, load_model
+
+    tiny_llama().save_pretrained(tmp_path / "target")
+    tokenizer.save_pretrained(tmp_path / "target")
+    model = uld_model(load_causal_lm(tmp_path / "target"))
+    model.save_pretrained(tmp_path / "uld")
+    assert not (tmp_path / "uld" / "target").exists()
+    loaded, tok = load_model(tmp_path / "uld")  # the tokenizer comes from the target's directory
+    assert isinstance(loaded, ULDForCausalLM) and tok.eos_token_id == EOS
+    ids, _ = left_padded_batch((4,))
+    assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+    # A hub id is recorded as is.
+    model.target.name_or_path = "some-org/some-model"
+    model.save_pretrained(tmp_path / "uld_hub")
+    import json
+
+    cfg = json.loads((tmp_path / "uld_hub" / "uld_config.json").read_text())
+    assert cfg["target_name_or_path"] == "some-org/some-model" and not cfg["target_saved"]
+
+
+def test_missing_or_corrupt_adapter_is_one_clear_error(tmp_path):
+    uld_model().save_pretrained(tmp_path / "uld")
+    adapter = tmp_path / "uld" / "assistant.safetensors"
+    adapter.write_bytes(b"\x80\x04 this is not safetensors")
+    with pytest.raises(UldError, match="is corrupt or not safetensors"):
+        ULDForCausalLM.from_pretrained(tmp_path / "uld")
+    adapter.unlink()
+    with pytest.raises(UldError, match="has no adapter file assistant.safetensors"):
+        ULDForCausalLM.from_pretrained(tmp_path / "uld")
+    with pytest.raises(UldError, match="uld_config.json is missing"):
+        ULDForCausalLM.from_pretrained(tmp_path)
+
+
+def test_tokenizer_mismatch_between_uld_dir_and_target_is_an_error(tmp_path, tokenizer):
+    from uld.models.loading import load_causal_lm
+    from uld.testing import tiny_tokenizer
+
+    tiny_llama().save_pretrained(tmp_path / "target")
+    tokenizer.save_pretrained(tmp_path / "target")
+    model = uld_model(load_causal_lm(tmp_path / "target"))
+    model.save_pretrained(tmp_path / "uld", tokenizer=tiny_tokenizer(300))
+    with pytest.raises(UldError, match="tokenizer mismatch"):
+        ULDForCausalLM.from_pretrained(tmp_path / "uld")
