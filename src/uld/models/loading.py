@@ -41,6 +41,7 @@ def load_model(name_or_path: str | Path, device: str | None = None, dtype: str |
     """Load any model uld can evaluate or generate with, and its tokenizer.
 
     - a ULD directory (has `uld_config.json`): `ULDForCausalLM.from_pretrained`;
+    - an offset-unlearning directory (has `offset_config.json`): `OffsetForCausalLM`;
     - a peft adapter directory (has `adapter_config.json`): the base model + adapter;
     - anything else: a plain transformers causal LM (hub id or local directory).
     Returns `(model, tokenizer)`, the model in eval mode.
@@ -51,6 +52,11 @@ def load_model(name_or_path: str | Path, device: str | None = None, dtype: str |
 
         model = ULDForCausalLM.from_pretrained(p)
         tok_src = p if _has_tokenizer(p) else model.config.target_name_or_path
+    elif (p / "offset_config.json").is_file():  # offset unlearning (uld.models.offset)
+        from uld.models.offset import OffsetForCausalLM
+
+        model = OffsetForCausalLM.from_pretrained(p, dtype=dtype)
+        tok_src = p if _has_tokenizer(p) else model.config.name_or_path
     elif (p / "adapter_config.json").is_file():
         try:
             from peft import AutoPeftModelForCausalLM
