@@ -1,1 +1,112 @@
-"""`uld generate` (not yet implemented)."""
+"""`uld generate`: complete prompts with a ULD directory or any transformers causal LM."""
+
+from __future__ import annotations
+
+import typer
+
+from uld.cli.app import app
+
+
+def build_prompt(tokenizer, text: str, use_chat_template: bool = True) -> str:
+    """The prompt string: the tokenizer's chat template (one user turn + generation prompt) when
+    it has one and `use_chat_template`, else TOFU's `[INST] {question} [/INST]` format."""
+    from uld.data.prompts import PromptFormat
+
+    return PromptFormat(use_chat_template=use_chat_template).prompt(tokenizer, text)
+
+
+def generation_kwargs(
+    max_new_tokens: int,
+    sample: bool,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+) -> dict:
+    """Arguments for `model.generate`; sampling options without `--sample` are an error."""
+    from uld.errors import UldError
+
+    if max_new_tokens < 1:
+        raise UldError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    given = [n for n, v in (("--temperature", temperature), ("--top-p", top_p), ("--top-k", top_k)) if v is not None]
+    if not sample:
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise UldError(f"{', '.join(given)} {verb} only with --sample (decoding is greedy without it)")
+        return {"max_new_tokens": max_new_tokens, "do_sample": False}
+    if temperature is not None and temperature <= 0:
+        raise UldError(f"--temperature must be > 0, got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UldError(f"--top-p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 0:
+        raise UldError(f"--top-k must be >= 0 (0 = off), got {top_k}")
+    return {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": True,
+        "temperature": 1.0 if temperature is None else temperature,
+        "top_p": 1.0 if top_p is None else top_p,
+        "top_k": 0 if top_k is None else top_k,
+    }
+
+
+@app.command("generate")
+def generate_command(
+    model: str = typer.Option(..., "--model", help="A ULD directory, a transformers model directory or hub id, or a peft adapter."),
+    prompt: list[str] = typer.Option(..., "--prompt", help="Prompt text; repeat for a batch (left-padded)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Most tokens to generate per prompt."),
+    sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding (paper: greedy)."),
+    temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature (default 1.0)."),
+    top_p: float | None = typer.Option(None, "--top-p", help="Nucleus sampling mass (default 1.0 = off)."),
+    top_k: int | None = typer.Option(None, "--top-k", help="Sample among the k most likely tokens (default 0 = off)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed for sampling."),
+    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Use the plain [INST] ... [/INST] prompt even if the tokenizer has a chat template."),
+    alpha: float | None = typer.Option(None, "--alpha", help="ULD only: override the saved alpha."),
+    filter_rate: float | None = typer.Option(None, "--filter-rate", help="ULD only: override the saved plausibility rate (0 = off)."),
+    device: str | None = typer.Option(None, "--device", help="Torch device, e.g. cuda (default: cpu)."),
+) -> None:
+    """Generate a completion for each prompt and print it (one block per prompt)."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from uld.errors import UldError
+
+    kwargs = generation_kwargs(max_new_tokens, sample, temperature, top_p, top_k)
+    if not Path(model).exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise UldError(f"model {model!r} not found: give a model directory or a hub id")
+    err = Console(stderr=True)
+    with err.status(f"loading {model}"):
+        import torch
+
+        from uld.models.loading import load_model
+        from uld.models.uld_model import ULDForCausalLM
+
+        m, tok = load_model(model, device=device)
+        if alpha is not None or filter_rate is not None:
+            if not isinstance(m, ULDForCausalLM):
+                raise UldError("--alpha and --filter-rate apply only to a ULD directory (one with uld_config.json)")
+            if alpha is not None:
+                m.alpha = alpha
+            if filter_rate is not None:
+                m.filter_rate = filter_rate
+    texts = [build_prompt(tok, p, use_chat_template=not no_chat_template) for p in prompt]
+    chat = not no_chat_template and bool(getattr(tok, "chat_template", None))
+    tok.padding_side = "left"  # decoder-only batches are padded on the left
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
+    dev = next(m.parameters()).device
+    with err.status(f"generating up to {max_new_tokens} tokens for {len(texts)} prompt(s)"):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = m.generate(
+                input_ids=enc["input_ids"].to(dev),
+                attention_mask=enc["attention_mask"].to(dev),
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                **kwargs,
+            )
+    new = out[:, enc["input_ids"].shape[1]:]
+    for i, ids in enumerate(new):
+        text = tok.decode(ids, skip_special_tokens=True)
+        if len(texts) > 1:
+            print(f"[{i + 1}] {text}")
+        else:
+            print(text)

@@ -239,7 +239,8 @@ class ULDForCausalLM(PreTrainedModel, GenerationMixin):
         self.filter_rate = filter_rate
         if getattr(target, "generation_config", None) is not None:
             self.generation_config = copy.deepcopy(target.generation_config)
-        self.train(False)
+        # The submodules' train/eval modes are left as they are: a training loop may wrap its
+        # assistant to save a checkpoint and keep training. Call `.eval()` before decoding.
 
     # -- settings ---------------------------------------------------------------------------
     @property
