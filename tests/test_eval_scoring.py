@@ -85,3 +85,26 @@ def test_evaluator_per_item_values_do_not_depend_on_batch_size(model, tokenizer,
                     assert np.allclose(v, other["value_by_index"][idx][key], atol=1e-5), (name, idx, key)
                     checked += 1
     assert checked > 60  # every per-item number of every metric
+
+
+def test_uld_model_is_scored_through_its_combined_logits(tokenizer):
+    """A ULD model fits the same interface: padded batched scores equal its own unpadded
+    forward, and batch 1 equals batch 8 (scores and generations)."""
+    from uld import ULDForCausalLM, build_assistant
+
+    target = tiny_llama(seed=1)
+    assistant = build_assistant(target, num_layers=2, lora_rank=4)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in assistant.trainable_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    uld = ULDForCausalLM(target, assistant, alpha=0.75, filter_rate=0.05).eval()
+    fmt = PromptFormat()
+    one, eight = CausalLMScorer(uld, tokenizer, fmt, batch_size=1), CausalLMScorer(uld, tokenizer, fmt, batch_size=8)
+    a, b = answer_nll(one, QUESTIONS, ANSWERS), answer_nll(eight, QUESTIONS, ANSWERS)
+    assert np.abs(a - b).max() < 1e-5
+    enc = encode_qa(tokenizer, QUESTIONS[2], ANSWERS[2], fmt)
+    with torch.no_grad():
+        logits = uld(input_ids=torch.tensor([enc.input_ids])).logits
+    assert b[2] == pytest.approx(sequence_nll(logits, torch.tensor([enc.labels])).item(), abs=1e-5)
+    assert one.generate(QUESTIONS, 8) == eight.generate(QUESTIONS, 8)
