@@ -159,7 +159,8 @@ def test_greedy_generate_equals_a_hand_written_loop_and_never_recomputes_the_pre
     seen = {"target": [], "assistant": []}
     hooks = [
         getattr(model, name).register_forward_pre_hook(
-            lambda m, a, kw, name=name: seen[name].append(kw["input_ids"].shape[1]), with_kwargs=True
+            lambda m, a, kw, name=name: seen[name].append((kw["input_ids"].shape[1], kw["logits_to_keep"])),
+            with_kwargs=True,
         )
         for name in seen
     ]
@@ -172,8 +173,9 @@ def test_greedy_generate_equals_a_hand_written_loop_and_never_recomputes_the_pre
     assert (ref[:, out.shape[1]:] == PAD).all()
     assert out[0, 7 + 2] == eos and (out[0, 7 + 3:] == PAD).all()
     steps = out.shape[1] - ids.shape[1]
-    # One prefill over the prompt, then one token per step, for each model (its own KV cache).
-    assert seen["target"] == seen["assistant"] == [7] + [1] * (steps - 1)
+    # One prefill over the prompt, then one token per step, for each model (its own KV cache),
+    # and each computes the logits of the last position only.
+    assert seen["target"] == seen["assistant"] == [(7, 1)] + [(1, 1)] * (steps - 1)
 
 
 def test_sampling_with_a_seed_is_reproducible():

@@ -50,7 +50,7 @@ def load_model(name_or_path: str | Path, device: str | None = None, dtype: str |
     if (p / "uld_config.json").is_file():
         from uld.models.uld_model import ULDForCausalLM
 
-        model = ULDForCausalLM.from_pretrained(p)
+        model = ULDForCausalLM.from_pretrained(p, dtype=dtype)
         tok_src = p if _has_tokenizer(p) else model.config.target_name_or_path
     elif (p / "offset_config.json").is_file():  # offset unlearning (uld.models.offset)
         from uld.models.offset import OffsetForCausalLM
