@@ -263,3 +263,11 @@ def test_tokenizer_mismatch_between_uld_dir_and_target_is_an_error(tmp_path, tok
     model.save_pretrained(tmp_path / "uld", tokenizer=tiny_tokenizer(300))
     with pytest.raises(UldError, match="tokenizer mismatch"):
         ULDForCausalLM.from_pretrained(tmp_path / "uld")
+
+
+def test_beam_search_reorders_both_caches():
+    model = uld_model(alpha=1.0, rate=0.05, lora_scale=0.02)
+    ids, mask = left_padded_batch((3, 6))
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, num_beams=3, do_sample=False,
+              pad_token_id=PAD, eos_token_id=None)
+    assert torch.equal(model.generate(**kw), model.generate(**kw, use_cache=False))
