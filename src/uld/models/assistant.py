@@ -130,9 +130,12 @@ def find_decoder_blocks(target: nn.Module) -> tuple[str, nn.ModuleList]:
     decoder = target.get_decoder() if hasattr(target, "get_decoder") else None
     if decoder is None or decoder is target:
         decoder = getattr(target, "base_model", target)
-    candidates = [
-        m for m in decoder.modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers
-    ]
+    # Direct children first (every supported family keeps its blocks there); a deeper search only
+    # when none is, so an MoE expert list that happens to have n entries cannot shadow the blocks.
+    is_blocks = lambda m: isinstance(m, nn.ModuleList) and len(m) == n_layers  # noqa: E731
+    candidates = [m for m in decoder.children() if is_blocks(m)]
+    if not candidates:
+        candidates = [m for m in decoder.modules() if is_blocks(m)]
     if len(candidates) != 1:
         why = "none" if not candidates else f"{len(candidates)} (ambiguous)"
         raise UldError(
@@ -235,7 +238,7 @@ def _truncate_config(config, n: int, k: int) -> None:
     """Make the copied config describe K layers; per-layer lists (`layer_types`, ...) are cut."""
     config.num_hidden_layers = k
     for key, value in list(vars(config).items()):
-        if isinstance(value, list | tuple) and len(value) == n and key != "num_hidden_layers":
+        if "layer" in key and isinstance(value, list | tuple) and len(value) == n:
             setattr(config, key, type(value)(value[:k]))
 
 
