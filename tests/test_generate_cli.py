@@ -86,3 +86,9 @@ def test_bad_models_exit_2(dirs, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["generate", "--model", str(dirs / "plain"), "--prompt", "x", "--alpha", "0.5"]) == 2
     assert "apply only to a ULD directory" in capsys.readouterr().err
+
+
+def test_help_renders(capsys):
+    assert main(["generate", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--max-new-tokens" in out and "--no-chat-template" in out

@@ -58,7 +58,7 @@ def generate_command(
     top_p: float | None = typer.Option(None, "--top-p", help="Nucleus sampling mass (default 1.0 = off)."),
     top_k: int | None = typer.Option(None, "--top-k", help="Sample among the k most likely tokens (default 0 = off)."),
     seed: int = typer.Option(0, "--seed", help="Random seed for sampling."),
-    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Use the plain [INST] ... [/INST] prompt even if the tokenizer has a chat template."),
+    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Use TOFU's plain INST prompt format even if the tokenizer has a chat template."),
     alpha: float | None = typer.Option(None, "--alpha", help="ULD only: override the saved alpha."),
     filter_rate: float | None = typer.Option(None, "--filter-rate", help="ULD only: override the saved plausibility rate (0 = off)."),
     device: str | None = typer.Option(None, "--device", help="Torch device, e.g. cuda (default: cpu)."),
