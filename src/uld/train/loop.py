@@ -81,9 +81,15 @@ def resolve_mixed_precision(choice: str) -> str:
 
 
 def make_accelerator(cfg: RunConfig):
+    import os
+
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision))
+    # Accelerate starts its gloo (CPU) process group only when told cpu=True; without it a
+    # `torchrun` / `accelerate launch --multi_gpu` run on a machine with no GPU would train
+    # each process alone.
+    cpu_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return Accelerator(mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision), cpu=cpu_group)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
