@@ -274,7 +274,8 @@ def apply_overrides(cfg: dict[str, Any], overrides: dict[str, Any], where: str) 
             cfg.setdefault("loss", {}).update(value)
             continue
         if key not in valid:
-            raise unknown_choice(f"option{where}", key, valid + ["loss.<method option>"])
+            err = str(unknown_choice("option", key, valid + ["loss.<method option>"]))
+            raise UldError(err.replace(f"option {key!r}", f"option {key!r}{where}", 1))
         if head in sections:
             cfg.setdefault(head, {})[key.split(".", 1)[1]] = value
         else:

@@ -87,6 +87,8 @@ def unlearn(cfg: RunConfig, out: str | Path, resume: bool = False, command: list
     retain = load_split(cfg.data.source, cfg.data.retain) if needs_retain else []
 
     model_path = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model
+    if Path(model_path).exists() and not (Path(model_path) / "config.json").is_file():
+        raise UldError(f"--model {cfg.model!r} holds no transformers model (no config.json)")
     cfg.model = model_path
     tokenizer = load_tokenizer(model_path)
     fmt = PromptFormat(cfg.data.template, cfg.data.answer_prefix, cfg.data.use_chat_template)
