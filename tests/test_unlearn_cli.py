@@ -134,3 +134,28 @@ def test_two_processes_train_uld_to_the_end_on_different_retain_samples(workspac
         assert a["step"] == b["step"] and a["retain"] and not set(a["retain"]) & set(b["retain"])
         assert not set(a["forget"]) & set(b["forget"])
     assert (out / "uld_config.json").is_file()
+
+
+def test_uld_augment_writes_a_file_that_uld_unlearn_trains_on(workspace, tmp_path):
+    model, data = workspace
+    aug = tmp_path / "aug.jsonl"
+    rc = main(["augment", "--model", str(model), "--data", str(data), "--split", "forget_plain", "--out", str(aug),
+               "--num-paraphrases", "2", "--num-distractors", "1", "--max-new-tokens", "6"])
+    assert rc == 0
+    rows = read_jsonl(aug)
+    assert [r["question"] for r in rows] == [r["question"] for r in read_jsonl(data / "forget_plain.json")]
+    assert all(len(r["paraphrases"]) <= 2 and len(r["distractors"]) <= 1 for r in rows)
+    assert all(p != r["answer"] for r in rows for p in r["paraphrases"])
+    out = tmp_path / "run"
+    assert main(_args(workspace, out, "uld", "--augment-file", str(aug))) == 0
+    report = json.loads((out / "run.json").read_text())["augmentation"]
+    assert report["source"] == "file" and report["forget_without_augmentation"] == 0
+    assert report["paraphrases"] == sum(len(r["paraphrases"]) for r in rows)
+    assert report["distractors"] == sum(len(r["distractors"]) for r in rows)
+
+
+def test_augment_rejects_a_missing_split(workspace, tmp_path, capsys):
+    model, data = workspace
+    rc = main(["augment", "--model", str(model), "--data", str(data), "--split", "nope", "--out", str(tmp_path / "a.jsonl")])
+    assert rc == 2 and "split 'nope' not found" in capsys.readouterr().err
+    assert not (tmp_path / "a.jsonl").exists()

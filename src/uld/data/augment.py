@@ -133,3 +133,86 @@ def augment_for_uld(
         "forget_without_augmentation": missing if source == "file" else None,
     }
     return AugmentedData(d_f, d_r, report)
+
+
+# --------------------------------------------------------------------------------------------
+# (c) Writing an augmentation file with a local instruct model (`uld augment`).
+
+PARAPHRASE_PROMPT = (
+    "Rewrite the answer below in different words. Keep every fact exactly as it is and add no new "
+    "facts. Reply with the rewritten answer only.\nQuestion: {question}\nAnswer: {answer}\nRewritten answer:"
+)
+WRONG_PROMPT = (
+    "Write a wrong answer to the question below. Keep the style and length of the correct answer, "
+    "but change its key facts (names, places, dates, numbers, titles) so that it is false. Reply "
+    "with the wrong answer only.\nQuestion: {question}\nCorrect answer: {answer}\nWrong answer:"
+)
+
+
+def _clean(text: str) -> str:
+    line = text.strip().split("\n", 1)[0].strip()
+    return line.strip('"').strip()
+
+
+def generate_augmentations(
+    model,
+    tokenizer,
+    records: list[Record],
+    num_paraphrases: int = 2,
+    num_distractors: int = 2,
+    max_new_tokens: int = 64,
+    temperature: float = 0.9,
+    batch_size: int = 8,
+    progress=None,
+) -> list[dict[str, Any]]:
+    """One row per record: {question, answer, paraphrases [...], distractors [...]}.
+
+    Each record gets one paraphrase prompt and one wrong-answer prompt, each sampled
+    `num_*` times; a sample is kept when it is non-empty, not the answer itself and new.
+    `progress(n)` is called with the number of records finished.
+    """
+    import torch
+
+    def prompt_ids(text: str) -> list[int]:
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+            return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(tokenizer(text)["input_ids"])
+
+    def sample(prompts: list[str], n: int) -> list[list[str]]:
+        if n == 0:
+            return [[] for _ in prompts]
+        ids = [prompt_ids(p) for p in prompts]
+        width = max(map(len, ids))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        x = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(x)
+        for i, row in enumerate(ids):  # left padding: generation continues every row at the end
+            x[i, width - len(row):] = torch.tensor(row)
+            mask[i, width - len(row):] = 1
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            out = model.generate(input_ids=x.to(device), attention_mask=mask.to(device), do_sample=True,
+                                 temperature=temperature, max_new_tokens=max_new_tokens, num_return_sequences=n,
+                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    rows = []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        paras = sample([PARAPHRASE_PROMPT.format(**r) for r in chunk], num_paraphrases)
+        wrongs = sample([WRONG_PROMPT.format(**r) for r in chunk], num_distractors)
+        for r, ps, ws in zip(chunk, paras, wrongs, strict=True):
+            seen = {_norm(r["answer"])}
+            keep: dict[str, list[str]] = {"paraphrases": [], "distractors": []}
+            for key, texts in (("paraphrases", ps), ("distractors", ws)):
+                for t in map(_clean, texts):
+                    if t and _norm(t) not in seen:
+                        seen.add(_norm(t))
+                        keep[key].append(t)
+            rows.append({"question": r["question"], "answer": r["answer"], **keep})
+        if progress:
+            progress(len(chunk))
+    return rows
