@@ -96,6 +96,7 @@ class OffsetForCausalLM(nn.Module):
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        top_k: int = 0,
         pad_token_id: int | None = None,
         eos_token_id: int | None = None,
         **_: Any,
@@ -110,6 +111,9 @@ class OffsetForCausalLM(nn.Module):
             pos = (mask.cumsum(-1) - 1).clamp_min(0)
             logits = self(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
             if do_sample:
+                if top_k and top_k > 0:
+                    kth = logits.topk(min(top_k, logits.size(-1)), -1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
                 probs = torch.softmax(logits / max(temperature, 1e-5), -1)
                 if top_p < 1.0:
                     sorted_p, order = probs.sort(-1, descending=True)
