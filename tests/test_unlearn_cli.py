@@ -159,3 +159,20 @@ def test_augment_rejects_a_missing_split(workspace, tmp_path, capsys):
     rc = main(["augment", "--model", str(model), "--data", str(data), "--split", "nope", "--out", str(tmp_path / "a.jsonl")])
     assert rc == 2 and "split 'nope' not found" in capsys.readouterr().err
     assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_tofu_mirror_eval_fields_are_refused_then_recorded_when_allowed(workspace, tofu_dir, tmp_path, capsys):
+    model, _ = workspace
+    args = ["unlearn", "--model", str(model), "--data", str(tofu_dir), "--forget", "forget01_perturbed",
+            "--retain", "retain99", "--method", "uld", "--out", str(tmp_path / "run"),
+            "--set", "train.epochs=1", "--set", "train.batch_size=40", "--set", "train.micro_batch_size=20",
+            "--set", "data.max_length=48"]
+    assert main(args) == 2
+    assert "evaluation" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    assert main([*args, "--allow-eval-augmentation"]) == 0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    # D'_f = 40 forget + 40 paraphrased answers + 40 paraphrased questions (2 per pair);
+    # D'_r = 40 retain + 80 wrong answers; long answers cut to 48 tokens are counted.
+    assert run["data"]["train_forget_items"] == 120 and run["data"]["train_retain_items"] == 120
+    assert run["augmentation"]["allow_eval_fields"] is True
+    assert run["data"]["truncated"]["forget"] > 0
