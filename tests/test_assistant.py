@@ -7,28 +7,11 @@ from torch import nn
 
 from uld import build_assistant
 from uld.errors import UldError
-from uld.testing import tiny_llama
+from uld.testing import FAMILIES, tiny_family, tiny_llama
 
 V = 320
-_COMMON = dict(vocab_size=V, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-FAMILIES = {
-    "llama": lambda: tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                    num_attention_heads=4, num_key_value_heads=2, **_COMMON),
-    "mistral": lambda: tf.MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                        num_attention_heads=4, num_key_value_heads=2, sliding_window=8, **_COMMON),
-    "qwen2": lambda: tf.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                    num_attention_heads=4, num_key_value_heads=2, **_COMMON),
-    "phi3": lambda: tf.Phi3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                  num_attention_heads=4, num_key_value_heads=2, **_COMMON),
-    "gpt_neox": lambda: tf.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                         num_attention_heads=4, **_COMMON),
-    "gpt2": lambda: tf.GPT2Config(n_embd=32, n_layer=4, n_head=4, **_COMMON),
-}
 
 
-def tiny_family(name: str, seed: int = 0):
-    torch.manual_seed(seed)
-    return tf.AutoModelForCausalLM.from_config(FAMILIES[name]()).eval()
 
 
 def truncated_reference(target, k: int):

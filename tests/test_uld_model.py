@@ -10,24 +10,10 @@ from uld import ULDForCausalLM, build_assistant
 from uld.errors import UldError
 from uld.models.uld_model import plausibility_mask
 from uld.ops import token_nll
-from uld.testing import tiny_llama
+from uld.testing import FAMILIES, tiny_family_config, tiny_llama
 
 V = 320
 EOS, PAD = 2, 0
-_COMMON = dict(vocab_size=V, bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD)
-FAMILIES = {
-    "llama": lambda: tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                    num_attention_heads=4, num_key_value_heads=2, **_COMMON),
-    "mistral": lambda: tf.MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                        num_attention_heads=4, num_key_value_heads=2, sliding_window=8, **_COMMON),
-    "qwen2": lambda: tf.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                    num_attention_heads=4, num_key_value_heads=2, **_COMMON),
-    "phi3": lambda: tf.Phi3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                  num_attention_heads=4, num_key_value_heads=2, **_COMMON),
-    "gpt_neox": lambda: tf.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                         num_attention_heads=4, **_COMMON),
-    "gpt2": lambda: tf.GPT2Config(n_embd=32, n_layer=4, n_head=4, **_COMMON),
-}
 
 
 def sharpen(target, scale=30.0):
@@ -195,7 +181,7 @@ def test_sampling_with_a_seed_is_reproducible():
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_family_builds_and_generates_with_cache_like_without(family):
     torch.manual_seed(0)
-    target = sharpen(tf.AutoModelForCausalLM.from_config(FAMILIES[family]()).eval())
+    target = sharpen(tf.AutoModelForCausalLM.from_config(tiny_family_config(family)).eval())
     model = uld_model(target, alpha=0.75, rate=0.05)
     ids, mask = left_padded_batch((2, 5))
     kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False,

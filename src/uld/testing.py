@@ -42,3 +42,33 @@ def tiny_llama(vocab_size: int = 320, num_layers: int = 4, hidden: int = 32, see
         tie_word_embeddings=False,
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+# Tiny configs of the decoder families the assistant is tested on (vocab 320, 4 blocks).
+FAMILIES = ("gpt2", "gpt_neox", "llama", "mistral", "phi3", "qwen2")
+
+
+def tiny_family_config(name: str, vocab_size: int = 320):
+    """A 4-block config of family `name` (one of `FAMILIES`), ids bos=1, eos=2, pad=0."""
+    import transformers as tf
+
+    common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    attn = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4)
+    configs = {
+        "llama": lambda: tf.LlamaConfig(**attn, num_key_value_heads=2, **common),
+        "mistral": lambda: tf.MistralConfig(**attn, num_key_value_heads=2, sliding_window=8, **common),
+        "qwen2": lambda: tf.Qwen2Config(**attn, num_key_value_heads=2, **common),
+        "phi3": lambda: tf.Phi3Config(**attn, num_key_value_heads=2, **common),
+        "gpt_neox": lambda: tf.GPTNeoXConfig(**attn, **common),
+        "gpt2": lambda: tf.GPT2Config(n_embd=32, n_layer=4, n_head=4, **common),
+    }
+    return configs[name]()
+
+
+def tiny_family(name: str, seed: int = 0):
+    """A randomly initialised tiny model of family `name`, in eval mode."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    return tf.AutoModelForCausalLM.from_config(tiny_family_config(name)).eval()
