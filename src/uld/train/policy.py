@@ -46,19 +46,25 @@ class Policy:
 
     def logits(self, module: nn.Module, batch: dict, hidden_layer: int | None = None):
         """The policy on a batch: `(logits, hidden at hidden_layer or None)`."""
-        out = module(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            output_hidden_states=hidden_layer is not None,
-        )
-        return out.logits, _pick_hidden(out, hidden_layer)
+        return _forward(module, batch, hidden_layer)
 
     def reference(self, module: nn.Module, batch: dict, hidden_layer: int | None = None):
         """The frozen original model on a batch (no gradient)."""
         raise UldError(f"policy kind {self.kind!r} has no frozen reference model")
 
     def save(self, module: nn.Module, out: Path, tokenizer, cfg: RunConfig) -> None:
-        raise NotImplementedError
+        """Default: a transformers / peft directory with the tokenizer beside it."""
+        module.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+
+def _forward(model: nn.Module, batch: dict, hidden_layer: int | None):
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        output_hidden_states=hidden_layer is not None,
+    )
+    return out.logits, _pick_hidden(out, hidden_layer)
 
 
 def _pick_hidden(out: Any, layer: int | None) -> torch.Tensor | None:
@@ -108,16 +114,7 @@ class FullPolicy(Policy):
 
     def reference(self, module, batch, hidden_layer=None):
         with torch.no_grad():
-            out = self.original(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                output_hidden_states=hidden_layer is not None,
-            )
-        return out.logits, _pick_hidden(out, hidden_layer)
-
-    def save(self, module, out, tokenizer, cfg):
-        module.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+            return _forward(self.original, batch, hidden_layer)
 
 
 class LoraPolicy(Policy):
@@ -142,16 +139,7 @@ class LoraPolicy(Policy):
 
         model = extract_model_from_parallel(module)
         with torch.no_grad(), model.disable_adapter():
-            out = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                output_hidden_states=hidden_layer is not None,
-            )
-        return out.logits, _pick_hidden(out, hidden_layer)
-
-    def save(self, module, out, tokenizer, cfg):
-        module.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+            return _forward(model, batch, hidden_layer)
 
 
 class OffsetPolicy(Policy):
