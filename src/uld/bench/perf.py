@@ -1,0 +1,379 @@
+"""Performance benchmarks: ULD against the alternatives, as ratios measured in one run.
+
+Three sub-benchmarks, each the median of `repeats` runs:
+
+- train:    one epoch, same target and data: ULD (K = a quarter of the layers, LoRA) vs NPO
+            vs GD (full model); seconds per epoch (the loop's own `train_seconds`).
+- generate: greedy decoding, target alone vs ULD (target - alpha * assistant), batch 1 and
+            16, `new_tokens` tokens per sequence (min_new_tokens, so EOS does not cut).
+- eval:     TOFU evaluation (scoring + generation, `score_model`) items/s at batch 16 vs 1,
+            with the largest absolute difference between the two runs' per-item values.
+
+Every case runs in its own fresh Python process, so its peak memory is meaningful: on CPU the
+process's peak resident set (`ru_maxrss`) minus the resident set after loading the model
+(tracemalloc does not see torch's allocator); on CUDA `torch.cuda.max_memory_allocated`.
+By default the model is a randomly initialised Llama built from a config (speed does not
+depend on what the weights know) over a BPE tokenizer trained on the built-in world's text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from uld.errors import UldError
+
+BENCHES = ("train", "generate", "eval")
+
+
+@dataclass
+class BenchSizes:
+    """Sizes of the default miniature and of each case; the defaults finish `all` in minutes."""
+
+    hidden: int = 192
+    """Hidden size of the benchmark Llama."""
+    layers: int = 8
+    """Decoder layers of the benchmark Llama (the assistant takes a quarter)."""
+    vocab: int = 2048
+    """BPE vocabulary trained on the world's text."""
+    num_authors: int = 60
+    """Authors of the built-in world (forget10 = the last 10 %)."""
+    new_tokens: int = 128
+    """Tokens generated per sequence in `generate`."""
+    gen_batches: tuple[int, ...] = (1, 16)
+    """Batch sizes of `generate`."""
+    eval_items: int = 12
+    """Items per TOFU split in `eval` (4 splits)."""
+    eval_new_tokens: int = 32
+    """Greedy tokens per item for ROUGE in `eval`."""
+    eval_batch: int = 16
+    """Batched evaluation's batch size (compared with batch size 1)."""
+    train_batch: int = 32
+    """Training batch size (ULD paper: 32)."""
+
+
+# ------------------------------------------------------------------ the default miniature
+
+
+def prepare_miniature(work: Path, sizes: BenchSizes) -> tuple[str, str]:
+    """Write the world's data and a random Llama + tokenizer under `work`; (model dir, data dir)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from uld.bench.world import WorldConfig, write_world
+    from uld.data.records import load_split
+    from uld.data.tokenizer import train_bpe_tokenizer
+
+    data = write_world(work / "data", WorldConfig(num_authors=sizes.num_authors))
+    texts = [f"{r['question']} {r['answer']}" for r in load_split(str(data), "full")]
+    tok = train_bpe_tokenizer(texts, vocab_size=sizes.vocab)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=sizes.hidden, intermediate_size=sizes.hidden * 8 // 3,
+        num_hidden_layers=sizes.layers, num_attention_heads=4, num_key_value_heads=4,
+        max_position_embeddings=512, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
+    )
+    model_dir = work / "model"
+    LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    return str(model_dir), str(data)
+
+
+# ------------------------------------------------------------------ one case, in a subprocess
+
+
+def _rss_mb() -> float:
+    import resource
+
+    # ru_maxrss is in KiB on Linux, bytes on macOS
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _peak_start() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return float(torch.cuda.memory_allocated()) / 2**20
+    return _rss_mb()
+
+
+def _peak_delta(start: float) -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return float(torch.cuda.max_memory_allocated()) / 2**20 - start
+    return _rss_mb() - start
+
+
+def _case_train(model: str, data: str, method: str, repeats: int, sizes: BenchSizes, work: str) -> dict:
+    from uld.train.config import RunConfig
+    from uld.train.run import unlearn
+
+    times, peak = [], 0.0
+    for r in range(repeats):
+        cfg = RunConfig(model=model, method=method)
+        cfg.data.source, cfg.data.forget, cfg.data.retain = data, "forget10", "retain90"
+        cfg.augment.source = "none"  # same data for every method
+        cfg.train.epochs, cfg.train.batch_size = 1, sizes.train_batch
+        cfg.train.mixed_precision = "no"
+        start = _peak_start()
+        out = Path(work) / f"train-{method}-{r}"
+        unlearn(cfg, out)
+        peak = max(peak, _peak_delta(start))
+        times.append(json.loads((out / "run.json").read_text())["train_seconds"])
+    return {"seconds": times, "peak_mb": peak}
+
+
+def _load(model: str, device: str):
+    from uld.models.loading import load_model
+
+    lm, tok = load_model(model, device=device)
+    return lm.eval(), tok
+
+
+def _uld(target, device: str):
+    from uld.models.assistant import build_assistant
+    from uld.models.uld_model import ULDForCausalLM
+
+    return ULDForCausalLM(target, build_assistant(target).to(device)).eval()
+
+
+def _case_generate(model: str, data: str, which: str, batch: int, repeats: int, sizes: BenchSizes) -> dict:
+    import torch
+
+    from uld.data.prompts import PromptFormat
+    from uld.data.records import load_split
+
+    device = _device()
+    target, tok = _load(model, device)
+    lm = target if which == "target" else _uld(target, device)
+    questions = [r["question"] for r in load_split(data, "forget10")][:batch]
+    while len(questions) < batch:
+        questions += questions[: batch - len(questions)]
+    fmt = PromptFormat()
+    prompts = [fmt.prompt_ids(tok, q) for q in questions]
+    width = max(len(p) for p in prompts)
+    ids = torch.full((batch, width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((batch, width), dtype=torch.long)
+    for i, p in enumerate(prompts):  # left padding
+        ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+    ids, mask = ids.to(device), mask.to(device)
+    n = sizes.new_tokens
+    kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id)
+    start = _peak_start()  # after loading: the peak is what decoding adds (KV caches, logits)
+    with torch.no_grad():
+        lm.generate(input_ids=ids, attention_mask=mask, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+        times = []
+        for _ in range(repeats):
+            _sync()
+            t0 = time.perf_counter()
+            out = lm.generate(input_ids=ids, attention_mask=mask, **kw)
+            _sync()
+            times.append(time.perf_counter() - t0)
+        peak = _peak_delta(start)
+    made = int(out.shape[1] - width)
+    return {"seconds": times, "peak_mb": peak, "tokens": made * batch}
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _case_eval(model: str, data: str, repeats: int, sizes: BenchSizes) -> dict:
+    import numpy as np
+
+    from uld.eval.scoring import CausalLMScorer
+    from uld.eval.tofu import load_tofu_data, score_model
+
+    device = _device()
+    target, tok = _load(model, device)
+    tofu = load_tofu_data(data, "forget10", max_items=sizes.eval_items, mia=False)
+    items = sum(len(v) for v in tofu.records.values())
+    result: dict[str, Any] = {"items": items}
+    values = {}
+    for bs in (1, sizes.eval_batch):
+        scorer = CausalLMScorer(target, tok, batch_size=bs, device=device)
+        times = []
+        for _ in range(repeats):
+            _sync()
+            t0 = time.perf_counter()
+            splits, _ = score_model(scorer, tofu, max_new_tokens=sizes.eval_new_tokens, mia=False)
+            _sync()
+            times.append(time.perf_counter() - t0)
+        values[bs] = np.concatenate(
+            [np.concatenate([s.nll, s.nll_pert.ravel(), np.asarray(s.rouge, dtype=float)]) for s in splits.values()]
+        )
+        result[f"batch{bs}"] = {"seconds": times}
+    result["max_abs_diff"] = float(np.max(np.abs(values[1] - values[sizes.eval_batch])))
+    return result
+
+
+def worker(spec: dict) -> dict:
+    """Run one case described by `spec` (called in a fresh process by `_run_case`)."""
+    import torch
+
+    torch.manual_seed(0)
+    sizes = BenchSizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["sizes"].items()})
+    kind = spec["kind"]
+    if kind == "train":
+        return _case_train(spec["model"], spec["data"], spec["method"], spec["repeats"], sizes, spec["work"])
+    if kind == "generate":
+        return _case_generate(spec["model"], spec["data"], spec["which"], spec["batch"], spec["repeats"], sizes)
+    return _case_eval(spec["model"], spec["data"], spec["repeats"], sizes)
+
+
+def _run_case(spec: dict) -> dict:
+    code = "import json,sys; from uld.bench.perf import worker; print('@@' + json.dumps(worker(json.loads(sys.argv[1]))))"
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise UldError(f"benchmark case {spec['kind']} failed: {tail[0]}")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@")][-1]
+    return json.loads(line[2:])
+
+
+# ------------------------------------------------------------------ the sub-benchmarks
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    dev = _device()
+    return {
+        "platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": dev,
+        "gpu": torch.cuda.get_device_name(0) if dev == "cuda" else None,
+        "memory_method": "torch.cuda.max_memory_allocated delta" if dev == "cuda"
+        else "peak RSS (ru_maxrss) of a fresh process per case minus its RSS before the case "
+        "(train: before loading the model; generate, eval: after loading it)",
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _med(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def bench_train(model: str, data: str, repeats: int, sizes: BenchSizes, work: Path, step=None) -> dict:
+    rows = {}
+    for method in ("uld", "npo", "gd"):
+        r = _run_case({"kind": "train", "model": model, "data": data, "method": method, "repeats": repeats,
+                       "sizes": asdict(sizes), "work": str(work)})
+        rows[method] = {"epoch_seconds": _med(r["seconds"]), "all_seconds": r["seconds"], "peak_mb": r["peak_mb"]}
+        if step:
+            step()
+    for m in ("npo", "gd"):
+        rows[f"speedup_vs_{m}"] = rows[m]["epoch_seconds"] / rows["uld"]["epoch_seconds"]
+        rows[f"memory_ratio_vs_{m}"] = rows["uld"]["peak_mb"] / max(rows[m]["peak_mb"], 1e-9)
+    return rows
+
+
+def bench_generate(model: str, data: str, repeats: int, sizes: BenchSizes, step=None) -> dict:
+    rows: dict[str, Any] = {"new_tokens": sizes.new_tokens}
+    for batch in sizes.gen_batches:
+        row = {}
+        for which in ("target", "uld"):
+            r = _run_case({"kind": "generate", "model": model, "data": data, "which": which, "batch": batch,
+                           "repeats": repeats, "sizes": asdict(sizes)})
+            sec = _med(r["seconds"])
+            row[which] = {"seconds": sec, "all_seconds": r["seconds"], "tokens_per_s": r["tokens"] / sec,
+                          "peak_mb": r["peak_mb"]}
+            if step:
+                step()
+        row["throughput_ratio"] = row["uld"]["tokens_per_s"] / row["target"]["tokens_per_s"]
+        rows[f"batch{batch}"] = row
+    return rows
+
+
+def bench_eval(model: str, data: str, repeats: int, sizes: BenchSizes, step=None) -> dict:
+    r = _run_case({"kind": "eval", "model": model, "data": data, "repeats": repeats, "sizes": asdict(sizes)})
+    items = r["items"]
+    out: dict[str, Any] = {"items": items, "max_new_tokens": sizes.eval_new_tokens}
+    for key in ("batch1", f"batch{sizes.eval_batch}"):
+        sec = _med(r[key]["seconds"])
+        out[key] = {"seconds": sec, "all_seconds": r[key]["seconds"], "items_per_s": items / sec}
+    out["batch_size"] = sizes.eval_batch
+    out["speedup"] = out[f"batch{sizes.eval_batch}"]["items_per_s"] / out["batch1"]["items_per_s"]
+    out["max_abs_diff"] = r["max_abs_diff"]
+    if step:
+        step()
+    return out
+
+
+def run_benches(which: list[str], model: str | None, data: str | None, repeats: int, work: Path,
+                sizes: BenchSizes | None = None, step=None) -> dict[str, Any]:
+    """Run the named sub-benchmarks; the miniature is built under `work` unless model and data are given."""
+    sizes = sizes or BenchSizes()
+    if repeats < 1:
+        raise UldError(f"--repeats must be at least 1, got {repeats}")
+    if (model is None) != (data is None) and "train" in which:
+        raise UldError("give both --model and --data, or neither (the built-in miniature)")
+    t0 = time.time()
+    if model is None or data is None:
+        m, d = prepare_miniature(work, sizes)
+        model, data = model or m, data or d
+    result: dict[str, Any] = {"machine": machine(), "model": model, "data": data, "repeats": repeats,
+                              "sizes": asdict(sizes)}
+    if "train" in which:
+        result["train"] = bench_train(model, data, repeats, sizes, work, step)
+    if "generate" in which:
+        result["generate"] = bench_generate(model, data, repeats, sizes, step)
+    if "eval" in which:
+        result["eval"] = bench_eval(model, data, repeats, sizes, step)
+    result["wall_seconds"] = time.time() - t0
+    return result
+
+
+def steps_of(which: list[str], sizes: BenchSizes) -> int:
+    return 3 * ("train" in which) + 2 * len(sizes.gen_batches) * ("generate" in which) + ("eval" in which)
+
+
+def to_markdown(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    lines = ["# uld bench", "",
+             f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
+             f"device {m['device']}{' ' + m['gpu'] if m.get('gpu') else ''}; load average at start {m['load_average']}.",
+             f"Median of {res['repeats']} repeats; memory: {m['memory_method']}. Total wall {res['wall_seconds']:.0f} s.", ""]
+    if "train" in res:
+        t = res["train"]
+        lines += ["## train (one epoch)", "", "| method | s/epoch | peak MB |", "|---|---|---|"]
+        lines += [f"| {k} | {t[k]['epoch_seconds']:.2f} | {t[k]['peak_mb']:.0f} |" for k in ("uld", "npo", "gd")]
+        lines += ["", f"ULD speed-up: {t['speedup_vs_npo']:.2f}x vs NPO, {t['speedup_vs_gd']:.2f}x vs GD; "
+                  f"ULD peak memory / NPO's: {t['memory_ratio_vs_npo']:.2f}.", ""]
+    if "generate" in res:
+        g = res["generate"]
+        lines += [f"## generate ({g['new_tokens']} new tokens, greedy)", "",
+                  "| batch | target tok/s | ULD tok/s | ULD/target | target peak MB | ULD peak MB |", "|---|---|---|---|---|---|"]
+        for key, row in g.items():
+            if key.startswith("batch"):
+                lines.append(f"| {key[5:]} | {row['target']['tokens_per_s']:.0f} | {row['uld']['tokens_per_s']:.0f} | "
+                             f"{row['throughput_ratio']:.2f} | {row['target']['peak_mb']:.0f} | {row['uld']['peak_mb']:.0f} |")
+        lines.append("")
+    if "eval" in res:
+        e = res["eval"]
+        b = f"batch{e['batch_size']}"
+        lines += [f"## eval (TOFU, {e['items']} items, {e['max_new_tokens']} generated tokens each)", "",
+                  "| batch size | items/s |", "|---|---|",
+                  f"| 1 | {e['batch1']['items_per_s']:.2f} |", f"| {e['batch_size']} | {e[b]['items_per_s']:.2f} |", "",
+                  f"Speed-up {e['speedup']:.2f}x; max abs difference of per-item values {e['max_abs_diff']:.2e}.", ""]
+    return "\n".join(lines)

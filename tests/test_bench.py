@@ -1,0 +1,52 @@
+"""`uld bench`: a tiny smoke run of each sub-benchmark (structure and sanity, not speed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import uld.bench.perf as perf
+from uld.cli import main
+
+TINY = dict(hidden=32, layers=4, vocab=400, num_authors=20, new_tokens=6, gen_batches=(1, 4),
+            eval_items=2, eval_new_tokens=3, eval_batch=4, train_batch=16)
+
+
+@pytest.fixture
+def tiny_bench(monkeypatch):
+    """Tiny sizes, and every case run in this process (a fresh process per case is the real
+    run's way of measuring peak memory; it costs seconds of imports per case)."""
+    real = perf.BenchSizes
+    monkeypatch.setattr(perf, "BenchSizes", lambda **kw: real(**{**TINY, **kw}))
+    monkeypatch.setattr(perf, "_run_case", perf.worker)
+
+
+def test_bench_all_writes_json_and_table_with_positive_ratios(tiny_bench, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "all", "--out", str(out), "--repeats", "1"]) == 0
+    res = json.loads((out / "bench.json").read_text())
+    assert {"machine", "train", "generate", "eval", "wall_seconds"} <= set(res)
+    assert {"cpu_count", "torch", "torch_threads", "device", "memory_method"} <= set(res["machine"])
+    t = res["train"]
+    for m in ("uld", "npo", "gd"):
+        assert t[m]["epoch_seconds"] > 0 and len(t[m]["all_seconds"]) == 1
+    assert t["speedup_vs_npo"] > 0 and t["speedup_vs_gd"] > 0
+    for b in ("batch1", "batch4"):
+        row = res["generate"][b]
+        assert row["target"]["tokens_per_s"] > 0 and row["throughput_ratio"] > 0
+    e = res["eval"]
+    assert e["items"] == 4 * 2 and e["speedup"] > 0
+    assert e["max_abs_diff"] < 1e-4  # batched scoring and generation give batch-1's values
+    md = (out / "bench.md").read_text()
+    assert "## train" in md and "## generate" in md and "## eval" in md
+    assert "ULD" in capsys.readouterr().out
+
+
+def test_bench_rejects_unknown_benchmark_and_all_without_out(tmp_path, capsys):
+    assert main(["bench", "speed"]) == 2
+    assert "unknown benchmark 'speed'" in capsys.readouterr().err
+    assert main(["bench", "all"]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main(["bench", "train", "--repeats", "0", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
