@@ -1,0 +1,47 @@
+"""`uld demo` end to end on a very small world: three files, six rows, and a reused cache."""
+
+import json
+
+import pytest
+
+from uld.bench.pipeline import ModelConfig, PipelineConfig
+from uld.bench.world import WorldConfig
+from uld.cli.demo import ROWS, demo_settings, run_demo
+
+
+def _settings():
+    s = demo_settings(quick=True)
+    s["pipeline"] = PipelineConfig(
+        world=WorldConfig(num_authors=10, qa_per_author=4, num_classic_authors=4, num_arithmetic=4),
+        model=ModelConfig(hidden=32, layers=4, intermediate=64, heads=4, vocab=400),
+        pretrain_epochs=2, finetune_epochs=2, finetune_lr=3e-3, eval_max_new_tokens=8,
+    )
+    s["recipes"] = {
+        "uld": {"lr": 1e-3, "epochs": 1, "stop_forget_prob": 0.9, "num_layers": 2, "lora_rank": 0},
+        "ga": {"lr": 3e-5, "epochs": 1}, "gd": {"lr": 3e-5, "epochs": 1}, "npo": {"lr": 3e-5, "epochs": 1},
+    }
+    return s
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_and_cache_reuse(tmp_path, capsys):
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    results = run_demo(out, cache, settings=_settings())
+    assert set(results) == set(ROWS)
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["results"]) == set(ROWS)
+    for row in saved["results"].values():
+        assert 0 <= row["forget_quality"] <= 1 and 0 <= row["model_utility"] <= 1
+    assert saved["results"]["uld"]["train_seconds"] > 0 and saved["results"]["target"]["train_seconds"] is None
+    assert "| target |" in (out / "REPORT.md").read_text()
+    assert (out / "fq_vs_utility.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not any(saved["pipeline_reused"].values()) and len(saved["pipeline_reused"]) == 6
+
+    out2 = tmp_path / "out2"
+    run_demo(out2, cache, settings=_settings())
+    again = json.loads((out2 / "results.json").read_text())
+    assert all(again["pipeline_reused"].values())  # every stage reused
+    assert all(v == 0 for v in again["pipeline_seconds"].values())
+    # The target and retain model are the cached ones, so their scores are identical.
+    assert again["results"]["target"] == saved["results"]["target"]
+    assert again["results"]["retain"] == saved["results"]["retain"]
