@@ -40,7 +40,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from uld.errors import UldError
-from uld.io import atomic_write_json
+from uld.io import atomic_write_json, replace_dir
 from uld.models.assistant import ULDAssistant, build_assistant
 
 CONFIG_NAME = "uld_config.json"
@@ -348,7 +348,7 @@ class ULDForCausalLM(PreTrainedModel, GenerationMixin):
         if save_target or source is None:
             tmp = Path(tempfile.mkdtemp(dir=out, prefix=".target.", suffix=".tmp"))
             self.target.save_pretrained(tmp)
-            _replace_dir(tmp, out / TARGET_DIR)
+            replace_dir(tmp, out / TARGET_DIR)
             source_entry, saved = TARGET_DIR, True
         else:
             source_entry, saved = source, False
@@ -447,19 +447,6 @@ def _target_source(target: nn.Module) -> str | None:
     if re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", src) and not src.startswith((".", "/")):
         return src  # a hub id
     return None
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    import shutil
-
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 
 
 def _read_config(root: Path) -> dict:
