@@ -141,3 +141,30 @@ def test_adapter_state_dict_round_trip_and_mismatch():
         build_assistant(target, num_layers=1, lora_rank=4).load_adapter_state_dict(sd)
     with pytest.raises(UldError, match="has shape"):
         build_assistant(target, num_layers=2, lora_rank=8).load_adapter_state_dict(sd)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])  # nn.Linear and GPT-2's Conv1D
+def test_lean_eval_forward_is_pefts_forward_bit_for_bit(family):
+    target = tiny_family(family)
+    assistant = build_assistant(target, num_layers=2, lora_rank=4, lora_dropout=0.5)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in assistant.trainable_parameters():
+            p.normal_(0, 0.2)  # non-zero B: the adapters change the output
+    ids = torch.randint(3, 300, (2, 6))
+    lora_layers = [m for m in assistant.model.modules() if "forward" in vars(m)]
+    assert len(lora_layers) == len(assistant.assistant_config["lora_modules"]) > 0
+    assistant.eval()
+    with torch.no_grad():
+        lean = assistant(input_ids=ids).logits
+        for m in lora_layers:  # peft's own forward
+            m.__dict__["lean"] = m.__dict__.pop("forward")
+        peft_out = assistant(input_ids=ids).logits
+        for m in lora_layers:
+            m.forward = m.__dict__.pop("lean")
+        assert torch.equal(lean, peft_out)
+        assistant.train()  # training: peft's forward, dropout active
+        torch.manual_seed(0)
+        a = assistant(input_ids=ids).logits
+        torch.manual_seed(1)
+        assert not torch.equal(a, assistant(input_ids=ids).logits)

@@ -1,6 +1,7 @@
 """ULDForCausalLM: exact logits, the plausibility filter, generation, save/load."""
 
 import math
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -8,7 +9,13 @@ import transformers as tf
 
 from uld import ULDForCausalLM, build_assistant
 from uld.errors import UldError
-from uld.models.uld_model import plausibility_mask
+from uld.models.uld_model import (
+    SPARSE_HEAD_FAMILIES,
+    _sparse_head_parts,
+    combine_logits,
+    combine_with_head,
+    plausibility_mask,
+)
 from uld.ops import token_nll
 from uld.testing import FAMILIES, tiny_family_config, tiny_llama
 
@@ -142,10 +149,13 @@ def test_greedy_generate_equals_a_hand_written_loop_and_never_recomputes_the_pre
     free = greedy_reference(model, ids, mask, 8, eos=None)
     assert not torch.equal(free, greedy_reference(model, ids, mask, 8, eos=None, exclude=False))
     eos = int(free[0, 7 + 2])  # row 0 emits this token at step 3: make it EOS so that row stops there
+    # The target is called with logits_to_keep; the assistant's decoder runs alone (its head is
+    # applied to the plausible rows by ULDForCausalLM itself).
     seen = {"target": [], "assistant": []}
+    modules = {"target": model.target, "assistant": model.assistant.model.get_decoder()}
     hooks = [
-        getattr(model, name).register_forward_pre_hook(
-            lambda m, a, kw, name=name: seen[name].append((kw["input_ids"].shape[1], kw["logits_to_keep"])),
+        modules[name].register_forward_pre_hook(
+            lambda m, a, kw, name=name: seen[name].append((kw["input_ids"].shape[1], kw.get("logits_to_keep", 1))),
             with_kwargs=True,
         )
         for name in seen
@@ -189,6 +199,25 @@ def test_every_family_builds_and_generates_with_cache_like_without(family):
     cached = model.generate(**kw)
     assert cached.shape == (2, 10)
     assert torch.equal(cached, model.generate(**kw, use_cache=False))
+    assert (family in SPARSE_HEAD_FAMILIES) == (_sparse_head_parts(model.assistant) is not None)
+    with patch("uld.models.uld_model.SPARSE_HEAD_FAMILIES", frozenset()):  # the full head everywhere
+        assert torch.equal(cached, model.generate(**kw))
+
+
+def test_sparse_head_gives_the_full_heads_logits_on_the_plausible_set():
+    torch.manual_seed(3)
+    head = torch.nn.Linear(8, 200, bias=True)
+    zt = torch.randn(3, 2, 200) * 8
+    hidden = torch.randn(3, 2, 8)
+    sizes = []
+    for rate in (0.01, 0.05, 0.5):  # few rows (sparse head), more, over a quarter of V (full head)
+        full = combine_logits(zt, head(hidden), 0.75, rate, exclude_implausible=True)
+        sparse = combine_with_head(zt, hidden, head, 0.75, rate)
+        assert torch.equal(torch.isinf(full), torch.isinf(sparse))
+        inside = ~torch.isinf(full)
+        sizes.append(int(inside.reshape(-1, 200).any(0).sum()))
+        torch.testing.assert_close(sparse[inside], full[inside], rtol=0, atol=1e-5)
+    assert sizes[0] < 50 < sizes[-1]  # both branches ran
 
 
 # -- save / load ---------------------------------------------------------------------------
