@@ -35,6 +35,13 @@ def test_bench_all_writes_json_and_table_with_positive_ratios(tiny_bench, tmp_pa
     for b in ("batch1", "batch4"):
         row = res["generate"][b]
         assert row["target"]["tokens_per_s"] > 0 and row["throughput_ratio"] > 0
+        # The assistant shares the target's weights: ULD holds the target's storages plus LoRA only.
+        # K = 1 block of hidden h = 32, intermediate i = 85, LoRA r = 32 on its 7 linear layers:
+        # r(h+h) for q, k, v, o and r(h+i) for gate, up, down, in fp32 bytes.
+        h, i, r = 32, 32 * 8 // 3, 32
+        lora_bytes = 4 * (4 * r * (h + h) + 3 * r * (h + i))
+        assert row["uld"]["weights_mb"] - row["target"]["weights_mb"] == pytest.approx(lora_bytes / 2**20)
+        assert row["assistant_kv_mb"] > 0 and row["memory_ratio"] > 0
     e = res["eval"]
     assert e["items"] == 4 * 2 and e["speedup"] > 0
     assert e["max_abs_diff"] < 1e-4  # batched scoring and generation give batch-1's values

@@ -92,11 +92,33 @@ def prepare_miniature(work: Path, sizes: BenchSizes) -> tuple[str, str]:
 
 
 def _rss_mb() -> float:
+    """Peak resident set of this process so far, in MB."""
     import resource
 
     # ru_maxrss is in KiB on Linux, bytes on macOS
     scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def _reset_peak_rss() -> float | None:
+    """Reset the kernel's peak-RSS counter (Linux: clear_refs 5) and return the current RSS in MB;
+    None where that is impossible (then the lifetime peak `ru_maxrss` is all there is)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    return _proc_status_mb("VmRSS")
 
 
 def _device() -> str:
@@ -105,21 +127,26 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _peak_start() -> float:
+def _peak_start() -> tuple[str, float]:
+    """Start a peak-memory window; `_peak_delta` gives how far memory rose above the start in it."""
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-        return float(torch.cuda.memory_allocated()) / 2**20
-    return _rss_mb()
+        return "cuda", float(torch.cuda.memory_allocated()) / 2**20
+    now = _reset_peak_rss()
+    return ("hwm", now) if now is not None else ("maxrss", _rss_mb())
 
 
-def _peak_delta(start: float) -> float:
+def _peak_delta(start: tuple[str, float]) -> float:
     import torch
 
-    if torch.cuda.is_available():
-        return float(torch.cuda.max_memory_allocated()) / 2**20 - start
-    return _rss_mb() - start
+    kind, base = start
+    if kind == "cuda":
+        return float(torch.cuda.max_memory_allocated()) / 2**20 - base
+    if kind == "hwm":
+        return (_proc_status_mb("VmHWM") or base) - base
+    return _rss_mb() - base
 
 
 def _case_train(model: str, data: str, method: str, repeats: int, sizes: BenchSizes, work: str) -> dict:
@@ -156,6 +183,8 @@ def _uld(target, device: str):
 
 
 def _case_generate(model: str, data: str, which: str, batch: int, repeats: int, sizes: BenchSizes) -> dict:
+    """`which` "both": the target and ULD timed alternately (`repeats` pairs, so a drift of the
+    machine's speed hits both alike). "target" / "uld": one model's memory while decoding."""
     import torch
 
     from uld.data.prompts import PromptFormat
@@ -163,7 +192,9 @@ def _case_generate(model: str, data: str, which: str, batch: int, repeats: int, 
 
     device = _device()
     target, tok = _load(model, device)
-    lm = target if which == "target" else _uld(target, device)
+    models = {"target": target} if which == "target" else {"uld": _uld(target, device)}
+    if which == "both":
+        models = {"target": target, "uld": models["uld"]}
     questions = [r["question"] for r in load_split(data, "forget10")][:batch]
     while len(questions) < batch:
         questions += questions[: batch - len(questions)]
@@ -177,19 +208,47 @@ def _case_generate(model: str, data: str, which: str, batch: int, repeats: int, 
     ids, mask = ids.to(device), mask.to(device)
     n = sizes.new_tokens
     kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id)
-    start = _peak_start()  # after loading: the peak is what decoding adds (KV caches, logits)
+    result: dict[str, Any] = {}
     with torch.no_grad():
-        lm.generate(input_ids=ids, attention_mask=mask, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
-        times = []
-        for _ in range(repeats):
-            _sync()
-            t0 = time.perf_counter()
-            out = lm.generate(input_ids=ids, attention_mask=mask, **kw)
-            _sync()
-            times.append(time.perf_counter() - t0)
-        peak = _peak_delta(start)
-    made = int(out.shape[1] - width)
-    return {"seconds": times, "peak_mb": peak, "tokens": made * batch}
+        for lm in models.values():  # warm-up
+            lm.generate(input_ids=ids, attention_mask=mask, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})
+        # After loading and warm-up: the peak is what decoding adds (KV caches, logits).
+        start = _peak_start()
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(repeats if which == "both" else 1):
+            for name, lm in models.items():
+                _sync()
+                t0 = time.perf_counter()
+                out = lm.generate(input_ids=ids, attention_mask=mask, **kw)
+                _sync()
+                times[name].append(time.perf_counter() - t0)
+        result["peak_mb"] = _peak_delta(start)
+    result["seconds"] = times
+    result["tokens"] = int(out.shape[1] - width) * batch
+    result["weights_mb"] = {name: _weights_mb(lm) for name, lm in models.items()}
+    if "uld" in models:
+        result["assistant_kv_mb"] = _assistant_kv_mb(models["uld"], batch, int(out.shape[1]))
+    return result
+
+
+def _weights_mb(model) -> float:
+    """Bytes of the distinct tensor storages a model holds (shared weights counted once), in MB."""
+    import itertools
+
+    storages = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        s = t.untyped_storage()
+        storages[(s.device, s.data_ptr())] = s.nbytes()
+    return sum(storages.values()) / 2**20
+
+
+def _assistant_kv_mb(model, batch: int, length: int) -> float:
+    """Size of the assistant's KV cache after `length` positions: 2 x K layers x B x T x kv heads x head dim."""
+    cfg = model.assistant.config
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    itemsize = next(model.assistant.parameters()).element_size()
+    return 2 * cfg.num_hidden_layers * batch * length * heads * head_dim * itemsize / 2**20
 
 
 def _sync() -> None:
@@ -264,8 +323,9 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": dev,
         "gpu": torch.cuda.get_device_name(0) if dev == "cuda" else None,
         "memory_method": "torch.cuda.max_memory_allocated delta" if dev == "cuda"
-        else "peak RSS (ru_maxrss) of a fresh process per case minus its RSS before the case "
-        "(train: before loading the model; generate, eval: after loading it)",
+        else "peak RSS of a fresh process per case (the kernel's peak counter reset at the start of the "
+        "window, or ru_maxrss where it cannot be) minus its RSS at the start (train: before loading "
+        "the model; generate: after loading it and one warm-up call)",
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
@@ -289,18 +349,31 @@ def bench_train(model: str, data: str, repeats: int, sizes: BenchSizes, work: Pa
 
 
 def bench_generate(model: str, data: str, repeats: int, sizes: BenchSizes, step=None) -> dict:
+    """Per batch size: one process times the target and ULD alternately; one fresh process per
+    model measures its memory while decoding."""
     rows: dict[str, Any] = {"new_tokens": sizes.new_tokens}
     for batch in sizes.gen_batches:
-        row = {}
+        spec = {"kind": "generate", "model": model, "data": data, "batch": batch, "repeats": repeats,
+                "sizes": asdict(sizes)}
+        timed = _run_case({**spec, "which": "both"})
+        if step:
+            step()
+        row: dict[str, Any] = {}
         for which in ("target", "uld"):
-            r = _run_case({"kind": "generate", "model": model, "data": data, "which": which, "batch": batch,
-                           "repeats": repeats, "sizes": asdict(sizes)})
-            sec = _med(r["seconds"])
-            row[which] = {"seconds": sec, "all_seconds": r["seconds"], "tokens_per_s": r["tokens"] / sec,
-                          "peak_mb": r["peak_mb"]}
+            mem = _run_case({**spec, "which": which})
+            sec = _med(timed["seconds"][which])
+            weights = mem["weights_mb"][which]
+            row[which] = {"seconds": sec, "all_seconds": timed["seconds"][which],
+                          "tokens_per_s": timed["tokens"] / sec, "peak_mb": mem["peak_mb"],
+                          "weights_mb": weights, "total_mb": weights + mem["peak_mb"]}
             if step:
                 step()
         row["throughput_ratio"] = row["uld"]["tokens_per_s"] / row["target"]["tokens_per_s"]
+        # Issue 6's memory goal: ULD <= 1.1 x the target alone + the assistant's KV cache.
+        kv = timed["assistant_kv_mb"]
+        row["assistant_kv_mb"] = kv
+        row["memory_bound_mb"] = 1.1 * row["target"]["total_mb"] + kv
+        row["memory_ratio"] = row["uld"]["total_mb"] / (row["target"]["total_mb"] + kv)
         rows[f"batch{batch}"] = row
     return rows
 
@@ -345,7 +418,7 @@ def run_benches(which: list[str], model: str | None, data: str | None, repeats: 
 
 
 def steps_of(which: list[str], sizes: BenchSizes) -> int:
-    return 3 * ("train" in which) + 2 * len(sizes.gen_batches) * ("generate" in which) + ("eval" in which)
+    return 3 * ("train" in which) + 3 * len(sizes.gen_batches) * ("generate" in which) + ("eval" in which)
 
 
 def to_markdown(res: dict[str, Any]) -> str:
@@ -363,12 +436,15 @@ def to_markdown(res: dict[str, Any]) -> str:
     if "generate" in res:
         g = res["generate"]
         lines += [f"## generate ({g['new_tokens']} new tokens, greedy)", "",
-                  "| batch | target tok/s | ULD tok/s | ULD/target | target peak MB | ULD peak MB |", "|---|---|---|---|---|---|"]
+                  "| batch | target tok/s | ULD tok/s | ULD/target | target MB | ULD MB | assistant KV MB | ULD / (target + KV) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for key, row in g.items():
             if key.startswith("batch"):
                 lines.append(f"| {key[5:]} | {row['target']['tokens_per_s']:.0f} | {row['uld']['tokens_per_s']:.0f} | "
-                             f"{row['throughput_ratio']:.2f} | {row['target']['peak_mb']:.0f} | {row['uld']['peak_mb']:.0f} |")
-        lines.append("")
+                             f"{row['throughput_ratio']:.2f} | {row['target']['total_mb']:.1f} | {row['uld']['total_mb']:.1f} | "
+                             f"{row['assistant_kv_mb']:.1f} | {row['memory_ratio']:.2f} |")
+        lines += ["", "Memory while generating = the model's distinct weight storages (shared tensors once) + the peak "
+                  "resident-set growth during decoding (KV caches, logits, activations).", ""]
     if "eval" in res:
         e = res["eval"]
         b = f"batch{e['batch_size']}"
