@@ -141,24 +141,27 @@ def greedy_reference(model, ids, mask, steps, eos=EOS, exclude=True):
     return ids
 
 
-def test_greedy_generate_equals_a_hand_written_loop_and_never_recomputes_the_prefix():
+@pytest.mark.parametrize("fused", [True, False])
+def test_greedy_generate_equals_a_hand_written_loop_and_never_recomputes_the_prefix(fused):
     # An assistant close to the truncated target: subtracting it pushes the target's likely tokens
     # below unlikely ones, so excluding implausible tokens changes what greedy decoding picks.
     model = uld_model(alpha=1.0, rate=0.05, lora_scale=0.02)
+    model.fused = fused
     ids, mask = left_padded_batch((3, 7, 5))
     free = greedy_reference(model, ids, mask, 8, eos=None)
     assert not torch.equal(free, greedy_reference(model, ids, mask, 8, eos=None, exclude=False))
     eos = int(free[0, 7 + 2])  # row 0 emits this token at step 3: make it EOS so that row stops there
-    # The target is called with logits_to_keep; the assistant's decoder runs alone (its head is
-    # applied to the plausible rows by ULDForCausalLM itself).
+    # The target is called with logits_to_keep; the assistant's first block sees the new positions
+    # only (fused: stacked under the target's rows, so 2B rows; separate: B rows).
     seen = {"target": [], "assistant": []}
-    modules = {"target": model.target, "assistant": model.assistant.model.get_decoder()}
     hooks = [
-        modules[name].register_forward_pre_hook(
-            lambda m, a, kw, name=name: seen[name].append((kw["input_ids"].shape[1], kw.get("logits_to_keep", 1))),
+        model.target.register_forward_pre_hook(
+            lambda m, a, kw: seen["target"].append((kw["input_ids"].shape[1], kw["logits_to_keep"])),
             with_kwargs=True,
-        )
-        for name in seen
+        ),
+        model.assistant.model.model.layers[0].register_forward_pre_hook(
+            lambda m, a, kw: seen["assistant"].append(tuple(a[0].shape[:2])), with_kwargs=True,
+        ),
     ]
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
                          pad_token_id=PAD, eos_token_id=eos)
@@ -170,8 +173,32 @@ def test_greedy_generate_equals_a_hand_written_loop_and_never_recomputes_the_pre
     assert out[0, 7 + 2] == eos and (out[0, 7 + 3:] == PAD).all()
     steps = out.shape[1] - ids.shape[1]
     # One prefill over the prompt, then one token per step, for each model (its own KV cache),
-    # and each computes the logits of the last position only.
-    assert seen["target"] == seen["assistant"] == [(7, 1)] + [(1, 1)] * (steps - 1)
+    # and the target computes the logits of the last position only.
+    assert seen["target"] == [(7, 1)] + [(1, 1)] * (steps - 1)
+    rows = 6 if fused else 3
+    assert seen["assistant"] == [(rows, 7)] + [(rows, 1)] * (steps - 1)
+
+
+def test_fused_inference_equals_two_separate_models():
+    model = uld_model(alpha=0.8, rate=0.05)
+    ids, mask = left_padded_batch((3, 7, 5))
+    assert model._fused_pass() is not None
+    with torch.no_grad():
+        fused = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
+        model.fused = False
+        separate = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
+    torch.testing.assert_close(fused, separate, rtol=0, atol=1e-5)
+    model.fused = True
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=PAD, eos_token_id=None)
+    out = model.generate(**kw)
+    model.fused = False
+    assert torch.equal(out, model.generate(**kw))
+    # Never fused: with gradients, with a training assistant, or with a private block copy.
+    model.fused = True
+    assert model.assistant.train() and model._fused_pass() is None
+    model.assistant.eval()
+    copy_model = ULDForCausalLM(model.target, build_assistant(model.target, num_layers=2, lora_rank=0)).eval()
+    assert copy_model._fused_pass() is None
 
 
 def test_sampling_with_a_seed_is_reproducible():
@@ -200,6 +227,10 @@ def test_every_family_builds_and_generates_with_cache_like_without(family):
     assert cached.shape == (2, 10)
     assert torch.equal(cached, model.generate(**kw, use_cache=False))
     assert (family in SPARSE_HEAD_FAMILIES) == (_sparse_head_parts(model.assistant) is not None)
+    # Fused where the family has Llama-style blocks and full attention (Mistral here has a window).
+    assert (model._fused_pass() is not None) == (family in ("llama", "qwen2", "phi3"))
+    model.fused = False
+    assert torch.equal(cached, model.generate(**kw))
     with patch("uld.models.uld_model.SPARSE_HEAD_FAMILIES", frozenset()):  # the full head everywhere
         assert torch.equal(cached, model.generate(**kw))
 

@@ -322,6 +322,11 @@ def _lean_lora_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torc
     a = self.lora_A[ADAPTER_NAME].weight
     b = self.lora_B[ADAPTER_NAME].weight
     xa = x if x.dtype == a.dtype else x.to(a.dtype)
+    skip = self.__dict__.get("uld_lora_from_row", 0)
+    if skip:  # fused inference (uld.models.fused): rows before `skip` are the target's, no LoRA
+        delta = F.linear(F.linear(xa[skip:], a), b) * self.scaling[ADAPTER_NAME]
+        result[skip:] = (result[skip:] + delta).to(result.dtype)
+        return result
     delta = F.linear(F.linear(xa, a), b) * self.scaling[ADAPTER_NAME]
     out = result + delta
     return out if out.dtype == result.dtype else out.to(result.dtype)

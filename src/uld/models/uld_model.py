@@ -56,6 +56,7 @@ FORMAT_VERSION = 1
 # Families whose causal-LM logits are exactly `lm_head(decoder(...).last_hidden_state)`: no logit
 # scaling or soft-capping (Gemma, Cohere and Granite have them), so the head can be applied to some
 # vocabulary rows only. Others always take the full head.
+_FALSE_FLAGS = ("output_attentions", "output_hidden_states")
 SPARSE_HEAD_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gpt_neox", "gpt2"})
 
 
@@ -283,6 +284,9 @@ class ULDForCausalLM(PreTrainedModel, GenerationMixin):
         self.assistant = assistant
         self.alpha = alpha
         self.filter_rate = filter_rate
+        # Inference shares one pass through the first K blocks where the family allows (fused.py);
+        # set False to run the two models separately (e.g. to compare).
+        self.fused = True
         if getattr(target, "generation_config", None) is not None:
             self.generation_config = copy.deepcopy(target.generation_config)
         # The submodules' train/eval modes are left as they are: a training loop may wrap its
@@ -336,39 +340,75 @@ class ULDForCausalLM(PreTrainedModel, GenerationMixin):
             use_cache = cache is not None
         if use_cache and cache is None:
             cache = self.new_cache()
-        common = dict(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=bool(use_cache),
-            logits_to_keep=logits_to_keep,
-        )
-        # Both models see the same mask and position ids: left-padded batches decode like single
-        # prompts only then (DESIGN §5).
-        t_out = self.target(
-            input_ids=input_ids, inputs_embeds=inputs_embeds,
-            cache=cache.target if use_cache else None, **common,
-        )
         a_cache = cache.assistant if use_cache else None
-        parts = None
-        if exclude_implausible and self.filter_rate > 0 and labels is None:
-            parts = _sparse_head_parts(self.assistant)
-        if parts is not None:
-            # Generation: implausible tokens get -inf whatever the assistant says, so the head is
-            # applied to the plausible tokens' rows only (module docstring).
-            decoder, head = parts
-            common.pop("logits_to_keep")
-            a_out = decoder(input_ids=input_ids, inputs_embeds=inputs_embeds, cache=a_cache, **common)
-            hidden = slice_logits_to_keep(a_out.last_hidden_state, logits_to_keep)
-            logits = combine_with_head(t_out.logits, hidden, head, self.alpha, self.filter_rate)
+        t_cache = cache.target if use_cache else None
+        # Only plain calls are fused (generate adds return_dict; attentions or hidden states asked
+        # for take the separate path, which returns what each family returns).
+        plain = all(k == "return_dict" or (k in _FALSE_FLAGS and not v) for k, v in kwargs.items())
+        fused = self._fused_pass() if plain and not torch.is_grad_enabled() else None
+        if fused is not None:
+            # Inference: one pass through the shared first K blocks for both models (fused.py).
+            t_logits, hidden = fused(input_ids, inputs_embeds, attention_mask, position_ids,
+                                     cache if use_cache else None, bool(use_cache), logits_to_keep)
+            hidden = slice_logits_to_keep(hidden, logits_to_keep)
+            head = self.assistant.model.get_output_embeddings()
+            if exclude_implausible and self.filter_rate > 0:
+                logits = combine_with_head(t_logits, hidden, head, self.alpha, self.filter_rate)
+            else:
+                logits = combine_logits(t_logits, head(hidden), self.alpha, self.filter_rate, exclude_implausible)
         else:
-            a_out = self.assistant(input_ids=input_ids, inputs_embeds=inputs_embeds, cache=a_cache, **common)
-            logits = combine_logits(t_out.logits, a_out.logits, self.alpha, self.filter_rate, exclude_implausible)
+            logits = self._separate_forward(input_ids, inputs_embeds, attention_mask, position_ids, t_cache,
+                                            a_cache, bool(use_cache), logits_to_keep, exclude_implausible, **kwargs)
         loss = None
         if labels is not None:
             # Causal LM loss: position t predicts token t+1, -100 is ignored (as in transformers).
             shift = logits[:, :-1].reshape(-1, logits.size(-1))
             loss = F.cross_entropy(shift, labels[:, 1:].reshape(-1).to(shift.device), ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
+
+    def _separate_forward(self, input_ids, inputs_embeds, attention_mask, position_ids, t_cache, a_cache,
+                          use_cache: bool, logits_to_keep, exclude_implausible: bool, **kwargs) -> torch.Tensor:
+        """Target and assistant each through their own forward (training, and families not fused)."""
+        common = dict(attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache, **kwargs)
+        # Both models see the same mask and position ids: left-padded batches decode like single
+        # prompts only then (DESIGN §5).
+        t_out = self.target(input_ids=input_ids, inputs_embeds=inputs_embeds, cache=t_cache,
+                            logits_to_keep=logits_to_keep, **common)
+        parts = None
+        if exclude_implausible and self.filter_rate > 0:
+            parts = _sparse_head_parts(self.assistant)
+        if parts is not None:
+            # Generation: implausible tokens get -inf whatever the assistant says, so the head is
+            # applied to the plausible tokens' rows only (module docstring).
+            decoder, head = parts
+            a_out = decoder(input_ids=input_ids, inputs_embeds=inputs_embeds, cache=a_cache, **common)
+            hidden = slice_logits_to_keep(a_out.last_hidden_state, logits_to_keep)
+            return combine_with_head(t_out.logits, hidden, head, self.alpha, self.filter_rate)
+        a_out = self.assistant(input_ids=input_ids, inputs_embeds=inputs_embeds, cache=a_cache,
+                               logits_to_keep=logits_to_keep, **common)
+        return combine_logits(t_out.logits, a_out.logits, self.alpha, self.filter_rate, exclude_implausible)
+
+    def _fused_pass(self):
+        """The fused inference pass (uld.models.fused) when this pair allows it, else None.
+
+        Built once per (target, assistant) and checked on every call: the assistant must be in eval
+        mode, `fused` not switched off, and its blocks must still share the target's tensors.
+        """
+        if not self.fused or self.assistant.training:
+            return None
+        from uld.models.fused import build_fused
+
+        key = (id(self.target), id(self.assistant))
+        cached = self.__dict__.get("_fused_cache")
+        if cached is None or cached[0] != key:
+            pair = build_fused(self.target, self.assistant)
+            probe = _shared_probe(self.target, self.assistant) if pair is not None else None
+            cached = (key, pair, probe)
+            self.__dict__["_fused_cache"] = cached
+        _, pair, probe = cached
+        if pair is None or probe[0].data_ptr() != probe[1].data_ptr():
+            return None
+        return pair
 
     def new_cache(self) -> ULDCache:
         """An empty cache pair for `forward(..., cache=..., use_cache=True)`."""
@@ -473,6 +513,18 @@ class ULDForCausalLM(PreTrainedModel, GenerationMixin):
         if device:
             model.to(device)
         return model.eval()
+
+
+def _shared_probe(target: nn.Module, assistant: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """One weight of the target's first block and the assistant's tensor for it: equal data
+    pointers on each call say the blocks are still shared (not moved to another device apart)."""
+    from uld.models.assistant import find_decoder_blocks
+
+    path, blocks = find_decoder_blocks(target)
+    name, t_param = next(iter(blocks[0].named_parameters()))
+    a_block = assistant.model.get_submodule(path)[0]
+    a_params = {n.replace(".base_layer", ""): p for n, p in a_block.named_parameters()}
+    return t_param, a_params[name]
 
 
 def _check_pair(target: nn.Module, assistant: nn.Module) -> int:

@@ -1,0 +1,188 @@
+"""Fused inference: the assistant's K blocks run in the same calls as the target's first K blocks.
+
+The assistant *is* the target's first K blocks (same tensors) plus LoRA, and both models read the
+same input. So at inference the two can share one pass through those blocks: stack the target's
+and the assistant's hidden states along the batch, run block i once on 2B rows (each weight read
+once for both models; one module call instead of two), add the LoRA update to the assistant's
+rows only, and let the target's rows continue alone through blocks K..N-1. Each half keeps its
+own KV cache (`ULDCache.target` / `.assistant`), so caches, beam search and saving are unchanged.
+
+What this saves per decoding step: the assistant's embedding, rotary, mask and K block calls (its
+per-call overhead dominates small models on a CPU) and, on memory-bound hardware, the second read
+of the first K blocks' weights. What it costs: the stacking and a concatenation of the two KV
+caches of each of the K layers per step.
+
+The fused pass is built from the target's own modules, without touching them: a shallow copy of
+the causal LM and of its decoder whose block list starts with `FusedBlock`s (wrapping the
+assistant's blocks, LoRA included) and continues with the target's own blocks K..N-1. The
+family's own `forward` runs it (embeddings, positions, masks, norm, head of the target rows).
+
+Used only where it is exact by construction — no gradients, the assistant in eval mode, and a
+family whose blocks take `(hidden, attention_mask=, position_ids=, cache=, use_cache=,
+position_embeddings=)` with batch-first tensors and full attention (`FUSED_FAMILIES`, no sliding
+window). Batched matrix products may round differently from unbatched ones (~1e-7).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from uld.models.assistant import ULDAssistant, find_decoder_blocks
+
+FUSED_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
+
+
+@dataclass
+class _CallState:
+    """What one fused call needs and produces (set by `FusedPair.__call__`, cleared after)."""
+
+    rows: int = 0
+    target_cache: Any = None
+    assistant_cache: Any = None
+    assistant_hidden: torch.Tensor | None = None
+    lora_layers: list[nn.Module] = field(default_factory=list)
+
+
+class _PairedLayerCache:
+    """The cache a fused block's attention sees: rows [:B] go to the target's cache, [B:] to the
+    assistant's; `update` returns both halves' full keys and values, stacked again."""
+
+    def __init__(self, state: _CallState):
+        self.state = state
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        b = self.state.rows
+        kt, vt = self.state.target_cache.update(key_states[:b], value_states[:b], layer_idx, *args, **kwargs)
+        ka, va = self.state.assistant_cache.update(key_states[b:], value_states[b:], layer_idx, *args, **kwargs)
+        return torch.cat([kt, ka]), torch.cat([vt, va])
+
+    def __getattr__(self, name: str):  # lengths, mask sizes...: the target's (both advance together)
+        return getattr(self.state.target_cache, name)
+
+
+def _twice(x: Any, rows: int) -> Any:
+    """A batch-first tensor (rows, ...) stacked on itself; broadcast (1, ...) tensors and None kept."""
+    if isinstance(x, torch.Tensor) and x.dim() > 0 and x.size(0) == rows and rows > 1:
+        return torch.cat([x, x])
+    if isinstance(x, tuple):
+        return tuple(_twice(t, rows) for t in x)
+    return x
+
+
+class FusedBlock(nn.Module):
+    """Block i < K of the fused pass: the assistant's block (shared weights + LoRA) on 2B rows."""
+
+    def __init__(self, block: nn.Module, state: _CallState, first: bool, last: bool):
+        super().__init__()
+        self.block = block
+        self.first, self.last = first, last
+        self.__dict__["state"] = state  # not a submodule
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, cache=None, use_cache=False,
+                position_embeddings=None, **kwargs):
+        st: _CallState = self.state
+        b = st.rows
+        if self.first:  # both models embed the same tokens with the same table
+            hidden_states = torch.cat([hidden_states, hidden_states])
+        out = self.block(
+            hidden_states,
+            attention_mask=_twice(attention_mask, b),
+            position_ids=_twice(position_ids, b),
+            cache=_PairedLayerCache(st) if cache is not None else None,
+            use_cache=use_cache,
+            position_embeddings=_twice(position_embeddings, b),
+            **kwargs,
+        )
+        if self.last:
+            st.assistant_hidden = out[b:]
+            return out[:b]
+        return out
+
+
+def _shallow(module: nn.Module) -> nn.Module:
+    """A new module object sharing `module`'s parameters, buffers and hooks, with its own child dict."""
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)
+    return clone
+
+
+class FusedPair:
+    """Callable fused pass of a (target, assistant) pair; build with `build_fused` (None when the
+    pair cannot be fused)."""
+
+    def __init__(self, lm: nn.Module, norm: nn.Module, state: _CallState):
+        self.lm, self.norm, self.state = lm, norm, state
+
+    def __call__(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, logits_to_keep):
+        """(target logits (B, T', V), assistant final hidden states (B, T, H), after the final norm)."""
+        st = self.state
+        rows = (input_ids if input_ids is not None else inputs_embeds).size(0)
+        st.rows = rows
+        st.target_cache = cache.target if cache is not None else None
+        st.assistant_cache = cache.assistant if cache is not None else None
+        for layer in st.lora_layers:
+            layer.__dict__["uld_lora_from_row"] = rows  # LoRA on the assistant's rows only
+        try:
+            out = self.lm(
+                input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                position_ids=position_ids, cache=st.target_cache, use_cache=use_cache, logits_to_keep=logits_to_keep,
+            )
+            hidden = self.norm(st.assistant_hidden)
+        finally:
+            for layer in st.lora_layers:
+                layer.__dict__.pop("uld_lora_from_row", None)
+            st.target_cache = st.assistant_cache = st.assistant_hidden = None
+        return out.logits, hidden
+
+
+def can_fuse(target: nn.Module, assistant: ULDAssistant) -> bool:
+    """Whether the pair's family and settings allow the fused pass (module docstring)."""
+    cfg = getattr(target, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in FUSED_FAMILIES:
+        return False
+    if getattr(cfg, "sliding_window", None) or getattr(cfg, "use_sliding_window", False):
+        return False
+    if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ()):
+        return False
+    if assistant.assistant_config.get("lora_rank", 0) <= 0:
+        return False  # a private copy of the blocks: they are not the target's weights
+    decoder = target.get_decoder() if hasattr(target, "get_decoder") else None
+    return decoder is not None and isinstance(getattr(decoder, "norm", None), nn.Module)
+
+
+def shares_blocks(target: nn.Module, assistant: ULDAssistant) -> bool:
+    """Whether the assistant's K blocks still hold the target's tensors (not moved apart, not copied)."""
+    path, blocks = find_decoder_blocks(target)
+    a_blocks = assistant.model.get_submodule(path)
+    theirs = {p.data_ptr() for i in range(assistant.assistant_config["num_layers"]) for p in blocks[i].parameters()}
+    ours = [p for n, p in a_blocks.named_parameters() if ".lora_" not in n]
+    return bool(ours) and all(p.data_ptr() in theirs for p in ours)
+
+
+def build_fused(target: nn.Module, assistant: ULDAssistant) -> FusedPair | None:
+    """The fused pass over `target`'s and `assistant`'s modules, or None when `can_fuse` is false."""
+    if not can_fuse(target, assistant) or not shares_blocks(target, assistant):
+        return None
+    path, blocks = find_decoder_blocks(target)
+    k = assistant.assistant_config["num_layers"]
+    a_blocks = assistant.model.get_submodule(path)
+    state = _CallState()
+    fused_blocks = [FusedBlock(a_blocks[i], state, first=i == 0, last=i == k - 1) for i in range(k)]
+    state.lora_layers = [m for m in a_blocks.modules() if "forward" in vars(m)]  # the lean-LoRA layers
+
+    # Shallow copies along the path to the block list, so the target's own modules are untouched.
+    names = path.split(".")
+    lm = _shallow(target)
+    parent = lm
+    for name in names[:-1]:
+        child = _shallow(parent._modules[name])
+        parent._modules[name] = child
+        parent = child
+    parent._modules[names[-1]] = nn.ModuleList(fused_blocks + list(blocks)[k:])
+    norm = assistant.model.get_decoder().norm
+    return FusedPair(lm, norm, state)
