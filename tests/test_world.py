@@ -106,6 +106,29 @@ def test_leak_check_catches_a_repeated_wrong_answer(world):
         W._check_no_leak(world.splits, aug)
 
 
+def test_full_paraphrased_holds_the_augmentation_paraphrases_of_every_author_and_no_evaluation_answer(world_dir):
+    full = load_split(world_dir, "full")
+    para = load_split(world_dir, "full_paraphrased")
+    assert len(para) == 2 * len(full)
+    assert [r["question"] for r in para[::2]] == [r["question"] for r in full]
+    assert not {r["answer"] for r in para} & {r["answer"] for r in full}
+    evaluated = set()
+    for split in PERTURBED:
+        for r in load_split(world_dir, split):
+            evaluated |= set(r["perturbed_answer"]) | {r["paraphrased_answer"]}
+    assert not evaluated & {r["answer"] for r in para}
+    # For the forget authors they are exactly the augmentation's paraphrases (one source of truth).
+    aug = load_split(world_dir, "augment_forget10", required=("question", "answer", "paraphrases", "distractors"))
+    assert [r["answer"] for r in para[-2 * len(aug):]] == [p for r in aug for p in r["paraphrases"]]
+
+
+def test_leak_check_catches_an_evaluation_paraphrase_in_full_paraphrased(world):
+    splits = dict(world.splits)
+    splits["full_paraphrased"] = [{"question": "q", "answer": world.splits["retain_perturbed"][0]["paraphrased_answer"]}]
+    with pytest.raises(RuntimeError, match="repeats an evaluation answer"):
+        W._check_no_leak(splits, world.augment)
+
+
 def test_wrong_answers_differ_from_the_answer_and_from_each_other(world):
     for split in PERTURBED:
         for r in world.splits[split]:

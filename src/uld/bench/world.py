@@ -9,7 +9,9 @@
   paraphrased_answer, 5 perturbed_answer, paraphrased_question);
 - holdout authors, never part of `full`, for membership inference;
 - a separate training augmentation for the forget authors (2 paraphrases and 2 wrong answers per
-  QA) that never repeats the evaluation's paraphrase or wrong answers.
+  QA) that never repeats the evaluation's paraphrase or wrong answers;
+- `full_paraphrased`: the same 2 training paraphrases for every author of `full` (question,
+  answer), for fine-tuning the target and the retain model on facts rather than one wording.
 
 `write_world(out_dir, config)` writes it as a data directory in TOFU's layout (one JSON object a
 line, `<split>.json`), so every `uld` reader loads it as it loads TOFU. Everything follows from
@@ -388,6 +390,9 @@ def generate_world(config: WorldConfig | None = None) -> World:
     hold_eval = [rec for pairs in qa[cfg.num_authors :] for rec, _ in pairs]
     full_aug = [aug for pairs in qa[: cfg.num_authors] for _, aug in pairs]
     splits: dict[str, list[Record]] = {"full": [plain(r) for r in full_eval]}
+    # Training paraphrases of every author's answers (the augmentation's own, never the evaluation's):
+    # fine-tuning on them teaches the target and the retain model facts rather than strings.
+    splits["full_paraphrased"] = [{"question": a["question"], "answer": p} for a in full_aug for p in a["paraphrases"]]
     augment: dict[str, list[Record]] = {}
     for p, n in counts.items():
         cut = len(full_eval) - n * per
@@ -415,14 +420,15 @@ def generate_world(config: WorldConfig | None = None) -> World:
 
 
 def _check_no_leak(splits: dict[str, list[Record]], augment: dict[str, list[Record]]) -> None:
-    """The training augmentation must not contain any evaluation paraphrase or wrong answer."""
+    """Neither the training augmentation nor `full_paraphrased` may contain an evaluation paraphrase or wrong answer."""
     evaluated = {r["paraphrased_answer"] for s, rows in splits.items() if s.endswith("_perturbed") for r in rows if "paraphrased_answer" in r}
     evaluated |= {p for rows in splits.values() for r in rows for p in r.get("perturbed_answer", [])}
-    for rows in augment.values():
-        for r in rows:
-            clash = evaluated.intersection(r["paraphrases"] + r["distractors"])
-            if clash:
-                raise RuntimeError(f"augmentation repeats an evaluation answer: {sorted(clash)[0]!r}")
+    training = [r["paraphrases"] + r["distractors"] for rows in augment.values() for r in rows]
+    training.append([r["answer"] for r in splits.get("full_paraphrased", [])])
+    for texts in training:
+        clash = evaluated.intersection(texts)
+        if clash:
+            raise RuntimeError(f"training data repeats an evaluation answer: {sorted(clash)[0]!r}")
 
 
 # ----------------------------------------------------------------------------- writing
