@@ -7,6 +7,7 @@ import pytest
 from uld.bench.pipeline import ModelConfig, PipelineConfig
 from uld.bench.world import WorldConfig
 from uld.cli.demo import ROWS, demo_settings, run_demo
+from uld.data.records import load_split
 
 
 def _settings():
@@ -36,6 +37,14 @@ def test_demo_end_to_end_and_cache_reuse(tmp_path, capsys):
     assert "| target |" in (out / "REPORT.md").read_text()
     assert (out / "fq_vs_utility.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not any(saved["pipeline_reused"].values()) and len(saved["pipeline_reused"]) == 6
+    # Target and retain model fine-tune on their own authors' QA, 2 training paraphrases of each
+    # answer, and the general knowledge; the retain model never sees a forget10 question.
+    data = cache / "data"
+    n = {s: len(load_split(data, s)) for s in ("full", "retain90", "forget10", "general")}
+    target_stage = json.loads((cache / "target" / "stage.json").read_text())
+    retain_stage = json.loads((cache / "retain" / "stage.json").read_text())
+    assert target_stage["records"] == 3 * n["full"] + n["general"]
+    assert retain_stage["records"] == 3 * n["retain90"] + n["general"] == 3 * (n["full"] - n["forget10"]) + n["general"]
 
     out2 = tmp_path / "out2"
     run_demo(out2, cache, settings=_settings())

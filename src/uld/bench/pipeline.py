@@ -8,6 +8,7 @@ second run reuses every finished stage and an interrupted one leaves nothing hal
 3. `base/`: a tiny Llama pretrained on the `general` split (the world's "real" knowledge).
 4. `target/`: the base fine-tuned on `full` (+ `general` mixed in, so it keeps it).
 5. `retain/`: the base fine-tuned on `retain90` (+ `general`): the model that never saw forget10.
+   Both fine-tunes also see the training paraphrases of their own authors (`finetune_paraphrases`).
 6. `reference/`: `uld eval` of the retain model (TOFU_EVAL.json), the reference for forget quality.
 
 `pipeline.json` records the settings; a cache built with other settings is refused.
@@ -46,16 +47,19 @@ class ModelConfig:
 class PipelineConfig:
     """Every setting of the cached pipeline; the defaults are the `uld demo` miniature."""
 
-    world: WorldConfig = field(default_factory=lambda: WorldConfig(num_authors=40, qa_per_author=8))
+    world: WorldConfig = field(default_factory=lambda: WorldConfig(num_authors=40, qa_per_author=10))
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain_epochs: int = 30
     pretrain_lr: float = 3e-3
-    finetune_epochs: int = 22
+    finetune_epochs: int = 16
     finetune_lr: float = 2e-3
     batch_size: int = 32
     max_length: int = 128
     eval_max_new_tokens: int = 64
     seed: int = 0
+    finetune_paraphrases: bool = True
+    """Also fine-tune target and retain model on `full_paraphrased` (the training paraphrases of
+    their own authors, never the evaluation's), so they learn facts, not one wording of each."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,7 +189,11 @@ def build_pipeline(cache: str | Path = DEFAULT_CACHE, cfg: PipelineConfig | None
         def body(tmp: Path) -> dict:
             tokenizer = load_tokenizer(str(p.base))
             model = load_causal_lm(str(p.base))
-            records = load_split(str(p.data), split) + general
+            records = load_split(str(p.data), split)
+            if cfg.finetune_paraphrases:
+                questions = {r["question"] for r in records}
+                records += [r for r in load_split(str(p.data), "full_paraphrased") if r["question"] in questions]
+            records += general
             r = finetune(model, tokenizer, records, _run_config(cfg, cfg.finetune_epochs, cfg.finetune_lr))
             _save_model(r.module, tokenizer, tmp)
             return {"split": split, "records": len(records), "history": r.history[-1:]}
