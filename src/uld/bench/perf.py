@@ -5,15 +5,20 @@ Three sub-benchmarks, each the median of `repeats` runs:
 - train:    one epoch, same target and data: ULD (K = a quarter of the layers, LoRA) vs NPO
             vs GD (full model); seconds per epoch (the loop's own `train_seconds`).
 - generate: greedy decoding, target alone vs ULD (target - alpha * assistant), batch 1 and
-            16, `new_tokens` tokens per sequence (min_new_tokens, so EOS does not cut).
+            16, `new_tokens` tokens per sequence (min_new_tokens, so EOS does not cut). The two
+            are timed alternately in one process (a drift of the machine's speed hits both);
+            memory is measured in a fresh process per model.
 - eval:     TOFU evaluation (scoring + generation, `score_model`) items/s at batch 16 vs 1,
             with the largest absolute difference between the two runs' per-item values.
 
-Every case runs in its own fresh Python process, so its peak memory is meaningful: on CPU the
-process's peak resident set (`ru_maxrss`) minus the resident set after loading the model
-(tracemalloc does not see torch's allocator); on CUDA `torch.cuda.max_memory_allocated`.
+Peak memory: on CPU the growth of the process's resident set over a window (the kernel's
+peak-RSS counter is reset at the window's start where Linux allows, else `ru_maxrss`), on CUDA
+`torch.cuda.max_memory_allocated`; tracemalloc does not see torch's allocator. For `generate`
+the window starts after loading and a warm-up call, and the model's weights are added as the
+bytes of its distinct tensor storages (the assistant's shared weights are counted once).
 By default the model is a randomly initialised Llama built from a config (speed does not
-depend on what the weights know) over a BPE tokenizer trained on the built-in world's text.
+depend on what the weights know, except the plausible set's size: a random model's is large, so
+ULD's head runs on the whole vocabulary) over a BPE tokenizer trained on the built-in world's text.
 """
 
 from __future__ import annotations
