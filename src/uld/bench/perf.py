@@ -71,8 +71,8 @@ class BenchSizes:
 def prepare_miniature(work: Path, sizes: BenchSizes) -> tuple[str, str]:
     """Write the world's data and a random Llama + tokenizer under `work`; (model dir, data dir)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
+    from uld.bench.pipeline import miniature_llama
     from uld.bench.world import WorldConfig, write_world
     from uld.data.records import load_split
     from uld.data.tokenizer import train_bpe_tokenizer
@@ -81,14 +81,8 @@ def prepare_miniature(work: Path, sizes: BenchSizes) -> tuple[str, str]:
     texts = [f"{r['question']} {r['answer']}" for r in load_split(str(data), "full")]
     tok = train_bpe_tokenizer(texts, vocab_size=sizes.vocab)
     torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=sizes.hidden, intermediate_size=sizes.hidden * 8 // 3,
-        num_hidden_layers=sizes.layers, num_attention_heads=4, num_key_value_heads=4,
-        max_position_embeddings=512, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
-    )
     model_dir = work / "model"
-    LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    miniature_llama(tok, sizes.hidden, sizes.layers, sizes.hidden * 8 // 3, 4, 512).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     return str(model_dir), str(data)
 
@@ -197,9 +191,11 @@ def _case_generate(model: str, data: str, which: str, batch: int, repeats: int, 
 
     device = _device()
     target, tok = _load(model, device)
-    models = {"target": target} if which == "target" else {"uld": _uld(target, device)}
-    if which == "both":
-        models = {"target": target, "uld": models["uld"]}
+    models = {}
+    if which in ("target", "both"):
+        models["target"] = target
+    if which in ("uld", "both"):
+        models["uld"] = _uld(target, device)
     questions = [r["question"] for r in load_split(data, "forget10")][:batch]
     while len(questions) < batch:
         questions += questions[: batch - len(questions)]

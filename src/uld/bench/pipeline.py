@@ -83,6 +83,19 @@ class Pipeline:
 Log = Callable[[str], None]
 
 
+def miniature_llama(tokenizer, hidden: int, layers: int, intermediate: int, heads: int, max_positions: int):
+    """A randomly initialised Llama over `tokenizer` (its size and special ids), untied head:
+    the miniature model of `uld demo` and of `uld bench`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=max_positions, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    ))
+
+
 def _done(stage: Path) -> bool:
     return (stage / STAGE_FILE).is_file()
 
@@ -116,7 +129,6 @@ def build_pipeline(cache: str | Path = DEFAULT_CACHE, cfg: PipelineConfig | None
                    device: str | None = None) -> Pipeline:
     """Run (or reuse) every stage in `cache`; returns the paths. Deterministic in `cfg`."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from uld.data.records import load_split
     from uld.data.tokenizer import train_bpe_tokenizer
@@ -173,12 +185,7 @@ def build_pipeline(cache: str | Path = DEFAULT_CACHE, cfg: PipelineConfig | None
         tokenizer = load_tokenizer(str(p.tokenizer))
         m = cfg.model
         torch.manual_seed(cfg.seed)
-        model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=m.hidden, intermediate_size=m.intermediate,
-            num_hidden_layers=m.layers, num_attention_heads=m.heads, num_key_value_heads=m.heads,
-            max_position_embeddings=max(256, cfg.max_length), bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-        ))
+        model = miniature_llama(tokenizer, m.hidden, m.layers, m.intermediate, m.heads, max(256, cfg.max_length))
         r = finetune(model, tokenizer, general, _run_config(cfg, cfg.pretrain_epochs, cfg.pretrain_lr))
         _save_model(r.module, tokenizer, tmp)
         return {"params": sum(x.numel() for x in model.parameters()), "history": r.history[-1:]}
