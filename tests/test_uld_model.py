@@ -201,6 +201,44 @@ def test_fused_inference_equals_two_separate_models():
     assert copy_model._fused_pass() is None
 
 
+def test_fused_cache_buffers_match_separate_caches_through_growth_crop_and_reorder():
+    # The fused pass keeps both models' keys of the shared blocks in one buffer that grows by
+    # spare capacity; each model's cache holds views of it. Step by step against the separate pass.
+    model = uld_model(alpha=0.8, rate=0.05)
+    ids, mask = left_padded_batch((3, 7, 5))
+    caches, logits = {}, {}
+    for fused in (True, False):
+        model.fused = fused
+        cache, m, out = model.new_cache(), mask, []
+        with torch.no_grad():
+            step = model(input_ids=ids, attention_mask=m, position_ids=positions(m), cache=cache, use_cache=True)
+            for i in range(45):  # prompt 7 + 45 > the first capacity (7 + 32): the buffer grows
+                if i == 20:
+                    cache.crop(-2)  # drop two positions, then continue from there
+                    m = m[:, :-2]
+                if i == 30:
+                    cache.reorder_cache(torch.tensor([2, 0, 1]))
+                    m = m[[2, 0, 1]]
+                nxt = step.logits[:, -1:].argmax(-1)
+                m = torch.cat([m, torch.ones_like(m[:, :1])], 1)
+                pos = positions(m)[:, -1:]
+                step = model(input_ids=nxt, attention_mask=m, position_ids=pos, cache=cache, use_cache=True)
+                out.append(step.logits[:, -1])
+        caches[fused], logits[fused] = cache, torch.stack(out, 1)
+    torch.testing.assert_close(logits[True], logits[False], rtol=0, atol=1e-4)
+    fused, separate = caches[True], caches[False]
+    assert set(fused.__dict__["fused_kv"]) == {0, 1}  # the two shared blocks
+    for half in ("target", "assistant"):
+        for i in range(2):
+            got, want = getattr(fused, half).layers[i], getattr(separate, half).layers[i]
+            assert got.keys.shape == want.keys.shape == (3, 2, 7 + 45 - 2, 8)
+            buffer = fused.__dict__["fused_kv"][i].keys  # views of the buffer, which has spare room
+            assert got.keys.data_ptr() in (buffer.data_ptr(), buffer[3].data_ptr()) and buffer.size(-2) > 50
+            torch.testing.assert_close(got.keys, want.keys, rtol=0, atol=1e-5)
+            torch.testing.assert_close(got.values, want.values, rtol=0, atol=1e-5)
+    model.fused = True
+
+
 def test_sampling_with_a_seed_is_reproducible():
     model = uld_model()
     ids, mask = left_padded_batch((4, 6))

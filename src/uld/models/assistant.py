@@ -324,8 +324,13 @@ def _lean_lora_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torc
     xa = x if x.dtype == a.dtype else x.to(a.dtype)
     skip = self.__dict__.get("uld_lora_from_row", 0)
     if skip:  # fused inference (uld.models.fused): rows before `skip` are the target's, no LoRA
-        delta = F.linear(F.linear(xa[skip:], a), b) * self.scaling[ADAPTER_NAME]
-        result[skip:] = (result[skip:] + delta).to(result.dtype)
+        h = F.linear(xa[skip:], a)
+        tail = result[skip:]
+        if tail.dtype == b.dtype and tail.is_contiguous():
+            # One in-place call: tail += scaling * h @ b.T (fewer operator calls per layer per step).
+            tail.view(-1, tail.size(-1)).addmm_(h.reshape(-1, h.size(-1)), b.t(), alpha=self.scaling[ADAPTER_NAME])
+        else:
+            tail.copy_(tail + F.linear(h, b) * self.scaling[ADAPTER_NAME])
         return result
     delta = F.linear(F.linear(xa, a), b) * self.scaling[ADAPTER_NAME]
     out = result + delta

@@ -44,33 +44,113 @@ class _CallState:
     rows: int = 0
     target_cache: Any = None
     assistant_cache: Any = None
+    slots: dict | None = None  # layer index -> _KVSlot, kept on the ULDCache (its lifetime)
     assistant_hidden: torch.Tensor | None = None
     lora_layers: list[nn.Module] = field(default_factory=list)
+    doubled: dict = field(default_factory=dict)  # id(tensor) -> (tensor, stacked twice), this call only
+
+
+class _KVSlot:
+    """Keys and values of one fused layer for both models in one buffer (2B, heads, capacity, dim).
+
+    The target's and the assistant's `DynamicLayer`s hold views of its first and last B rows, so
+    the caches stay complete and usable on their own. Appending a step writes into spare capacity
+    instead of concatenating both caches and then both halves again (three copies of the whole
+    cache per layer per step); capacity grows by a quarter (at least 32 positions) when full.
+    """
+
+    __slots__ = ("keys", "values", "length", "views")
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        self.length = keys.size(-2)
+        self.keys = self._alloc(keys, self.length)
+        self.values = self._alloc(values, self.length)
+        self.keys[..., : self.length, :].copy_(keys)
+        self.values[..., : self.length, :].copy_(values)
+        self.views: tuple = ()
+
+    @staticmethod
+    def _alloc(like: torch.Tensor, length: int) -> torch.Tensor:
+        capacity = length + max(32, length // 4)
+        return like.new_empty((*like.shape[:-2], capacity, like.size(-1)))
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + keys.size(-2)
+        if end > self.keys.size(-2):
+            for name in ("keys", "values"):
+                old = getattr(self, name)
+                new = self._alloc(old, end)
+                new[..., : self.length, :].copy_(old[..., : self.length, :])
+                setattr(self, name, new)
+        self.keys[..., self.length : end, :].copy_(keys)
+        self.values[..., self.length : end, :].copy_(values)
+        self.length = end
+        return self.keys[..., :end, :], self.values[..., :end, :]
+
+    def owns(self, t_layer: Any, a_layer: Any) -> bool:
+        """Whether both layers still hold the views this slot gave them (no reorder, crop or reset since)."""
+        v = self.views
+        return bool(v) and t_layer.keys is v[0] and t_layer.values is v[1] and a_layer.keys is v[2] \
+            and a_layer.values is v[3]
+
+
+def _plain_dynamic(cache: Any, layer_idx: int) -> Any:
+    """The cache's layer `layer_idx` when it is a plain, initialised `DynamicLayer` on a cache
+    that does not offload; else None (the slot is then not used)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if getattr(cache, "offloading", False) or layers is None or len(layers) <= layer_idx:
+        return None
+    layer = layers[layer_idx]
+    return layer if type(layer) is DynamicLayer and layer.is_initialized else None
 
 
 class _PairedLayerCache:
-    """The cache a fused block's attention sees: rows [:B] go to the target's cache, [B:] to the
-    assistant's; `update` returns both halves' full keys and values, stacked again."""
+    """The cache a fused block's attention sees: rows [:B] belong to the target's cache, [B:] to
+    the assistant's; `update` returns both halves' full keys and values, stacked (from a `_KVSlot`
+    where the two layers are plain dynamic layers, else by updating each and concatenating)."""
 
     def __init__(self, state: _CallState):
         self.state = state
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        b = self.state.rows
-        kt, vt = self.state.target_cache.update(key_states[:b], value_states[:b], layer_idx, *args, **kwargs)
-        ka, va = self.state.assistant_cache.update(key_states[b:], value_states[b:], layer_idx, *args, **kwargs)
-        return torch.cat([kt, ka]), torch.cat([vt, va])
+        st = self.state
+        b = st.rows
+        t_layer = _plain_dynamic(st.target_cache, layer_idx)
+        a_layer = _plain_dynamic(st.assistant_cache, layer_idx)
+        slot = st.slots.get(layer_idx) if st.slots is not None else None
+        if slot is not None and t_layer is not None and a_layer is not None and slot.owns(t_layer, a_layer):
+            keys, values = slot.append(key_states, value_states)
+        else:
+            kt, vt = st.target_cache.update(key_states[:b], value_states[:b], layer_idx, *args, **kwargs)
+            ka, va = st.assistant_cache.update(key_states[b:], value_states[b:], layer_idx, *args, **kwargs)
+            keys, values = torch.cat([kt, ka]), torch.cat([vt, va])
+            t_layer = _plain_dynamic(st.target_cache, layer_idx)
+            a_layer = _plain_dynamic(st.assistant_cache, layer_idx)
+            if st.slots is None or t_layer is None or a_layer is None:
+                return keys, values
+            slot = st.slots[layer_idx] = _KVSlot(keys, values)
+            keys, values = slot.keys[..., : slot.length, :], slot.values[..., : slot.length, :]
+        t_layer.keys, t_layer.values = keys[:b], values[:b]
+        a_layer.keys, a_layer.values = keys[b:], values[b:]
+        slot.views = (t_layer.keys, t_layer.values, a_layer.keys, a_layer.values)
+        return keys, values
 
     def __getattr__(self, name: str):  # lengths, mask sizes...: the target's (both advance together)
         return getattr(self.state.target_cache, name)
 
 
-def _twice(x: Any, rows: int) -> Any:
-    """A batch-first tensor (rows, ...) stacked on itself; broadcast (1, ...) tensors and None kept."""
+def _twice(x: Any, rows: int, memo: dict) -> Any:
+    """A batch-first tensor (rows, ...) stacked on itself (once per call: `memo`); broadcast
+    (1, ...) tensors and None kept."""
     if isinstance(x, torch.Tensor) and x.dim() > 0 and x.size(0) == rows and rows > 1:
-        return torch.cat([x, x])
+        hit = memo.get(id(x))
+        if hit is None or hit[0] is not x:
+            hit = memo[id(x)] = (x, torch.cat([x, x]))
+        return hit[1]
     if isinstance(x, tuple):
-        return tuple(_twice(t, rows) for t in x)
+        return tuple(_twice(t, rows, memo) for t in x)
     return x
 
 
@@ -91,11 +171,11 @@ class FusedBlock(nn.Module):
             hidden_states = torch.cat([hidden_states, hidden_states])
         out = self.block(
             hidden_states,
-            attention_mask=_twice(attention_mask, b),
-            position_ids=_twice(position_ids, b),
+            attention_mask=_twice(attention_mask, b, st.doubled),
+            position_ids=_twice(position_ids, b, st.doubled),
             cache=_PairedLayerCache(st) if cache is not None else None,
             use_cache=use_cache,
-            position_embeddings=_twice(position_embeddings, b),
+            position_embeddings=_twice(position_embeddings, b, st.doubled),
             **kwargs,
         )
         if self.last:
@@ -125,6 +205,7 @@ class FusedPair:
         st.rows = rows
         st.target_cache = cache.target if cache is not None else None
         st.assistant_cache = cache.assistant if cache is not None else None
+        st.slots = cache.__dict__.setdefault("fused_kv", {}) if cache is not None else None
         for layer in st.lora_layers:
             layer.__dict__["uld_lora_from_row"] = rows  # LoRA on the assistant's rows only
         try:
@@ -136,7 +217,8 @@ class FusedPair:
         finally:
             for layer in st.lora_layers:
                 layer.__dict__.pop("uld_lora_from_row", None)
-            st.target_cache = st.assistant_cache = st.assistant_hidden = None
+            st.target_cache = st.assistant_cache = st.assistant_hidden = st.slots = None
+            st.doubled.clear()
         return out.logits, hidden
 
 

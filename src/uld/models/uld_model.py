@@ -196,6 +196,7 @@ class ULDCache(Cache):
         return self.target.has_previous_state(*args, **kwargs)
 
     def _both(self, method: str, *args) -> None:
+        self.__dict__.pop("fused_kv", None)  # the fused pass's shared buffers (fused.py) are rebuilt
         getattr(self.target, method)(*args)
         getattr(self.assistant, method)(*args)
 
