@@ -63,10 +63,12 @@ def bench_command(
 
 
 def summary_rows(res: dict) -> list[tuple[str, str, str, str]]:
+    from uld.bench.perf import TRAIN_METHODS
+
     rows = []
     if "train" in res:
         t = res["train"]
-        for m in ("uld", "npo", "gd"):
+        for m in TRAIN_METHODS:
             ratio = "1.00" if m == "uld" else f"ULD {t[f'speedup_vs_{m}']:.2f}x faster"
             rows.append(("train", m, f"{t[m]['epoch_seconds']:.2f} s/epoch, {t[m]['peak_mb']:.0f} MB", ratio))
     if "generate" in res:
