@@ -60,8 +60,8 @@ class BenchSizes:
     """Tokens generated per sequence in `generate`."""
     gen_batches: tuple[int, ...] = (1, 16)
     """Batch sizes of `generate`."""
-    eval_items: int = 12
-    """Items per TOFU split in `eval` (4 splits)."""
+    eval_items: int = 16
+    """Items per TOFU split in `eval` (4 splits): one full batch of `eval_batch` per split."""
     eval_new_tokens: int = 32
     """Greedy tokens per item for ROUGE in `eval`."""
     eval_batch: int = 16
