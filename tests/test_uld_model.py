@@ -1,5 +1,6 @@
 """ULDForCausalLM: exact logits, the plausibility filter, generation, save/load."""
 
+import copy
 import math
 from unittest.mock import patch
 
@@ -199,6 +200,15 @@ def test_fused_inference_equals_two_separate_models():
     model.assistant.eval()
     copy_model = ULDForCausalLM(model.target, build_assistant(model.target, num_layers=2, lora_rank=0)).eval()
     assert copy_model._fused_pass() is None
+    # Nor once the blocks stop sharing the target's tensors (here: the assistant's first base
+    # layer replaced by a copy after the fused pass was built).
+    assert model._fused_pass() is not None
+    q = model.assistant.model.model.layers[0].self_attn.q_proj
+    q.base_layer = copy.deepcopy(q.base_layer)
+    assert model._fused_pass() is None
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits,
+                                   separate, rtol=0, atol=1e-5)
 
 
 def test_fused_cache_buffers_match_separate_caches_through_growth_crop_and_reorder():

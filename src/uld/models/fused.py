@@ -195,8 +195,18 @@ class FusedPair:
     """Callable fused pass of a (target, assistant) pair; build with `build_fused` (None when the
     pair cannot be fused)."""
 
-    def __init__(self, lm: nn.Module, norm: nn.Module, state: _CallState):
+    def __init__(self, lm: nn.Module, norm: nn.Module, state: _CallState, probe: tuple[nn.Module, str, nn.Module, str]):
         self.lm, self.norm, self.state = lm, norm, state
+        # (target's first block, the name of one of its weights, assistant's first block, the name
+        # of the assistant's tensor for it): looked up on every call, so replaced modules or
+        # parameters are seen.
+        self.probe = probe
+
+    def still_shared(self) -> bool:
+        """A cheap per-call check that the blocks still share that weight (not copied or moved
+        apart since the build); `shares_blocks` is the full check, at build."""
+        t_block, t_name, a_block, a_name = self.probe
+        return t_block.get_parameter(t_name).data_ptr() == a_block.get_parameter(a_name).data_ptr()
 
     def __call__(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, logits_to_keep):
         """(target logits (B, T', V), assistant final hidden states (B, T, H), after the final norm)."""
@@ -267,4 +277,6 @@ def build_fused(target: nn.Module, assistant: ULDAssistant) -> FusedPair | None:
         parent = child
     parent._modules[names[-1]] = nn.ModuleList(fused_blocks + list(blocks)[k:])
     norm = assistant.model.get_decoder().norm
-    return FusedPair(lm, norm, state)
+    t_name = next(n for n, _ in blocks[0].named_parameters())
+    a_name = next(n for n, _ in a_blocks[0].named_parameters() if n.replace(".base_layer", "") == t_name)
+    return FusedPair(lm, norm, state, (blocks[0], t_name, a_blocks[0], a_name))

@@ -402,14 +402,10 @@ class ULDForCausalLM(PreTrainedModel, GenerationMixin):
         key = (id(self.target), id(self.assistant))
         cached = self.__dict__.get("_fused_cache")
         if cached is None or cached[0] != key:
-            pair = build_fused(self.target, self.assistant)
-            probe = _shared_probe(self.target, self.assistant) if pair is not None else None
-            cached = (key, pair, probe)
+            cached = (key, build_fused(self.target, self.assistant))
             self.__dict__["_fused_cache"] = cached
-        _, pair, probe = cached
-        if pair is None or probe[0].data_ptr() != probe[1].data_ptr():
-            return None
-        return pair
+        pair = cached[1]
+        return pair if pair is not None and pair.still_shared() else None
 
     def new_cache(self) -> ULDCache:
         """An empty cache pair for `forward(..., cache=..., use_cache=True)`."""
@@ -514,18 +510,6 @@ class ULDForCausalLM(PreTrainedModel, GenerationMixin):
         if device:
             model.to(device)
         return model.eval()
-
-
-def _shared_probe(target: nn.Module, assistant: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """One weight of the target's first block and the assistant's tensor for it: equal data
-    pointers on each call say the blocks are still shared (not moved to another device apart)."""
-    from uld.models.assistant import find_decoder_blocks
-
-    path, blocks = find_decoder_blocks(target)
-    name, t_param = next(iter(blocks[0].named_parameters()))
-    a_block = assistant.model.get_submodule(path)[0]
-    a_params = {n.replace(".base_layer", ""): p for n, p in a_block.named_parameters()}
-    return t_param, a_params[name]
 
 
 def _check_pair(target: nn.Module, assistant: nn.Module) -> int:
