@@ -46,9 +46,18 @@ def test_demo_end_to_end_and_cache_reuse(tmp_path, capsys):
     assert target_stage["records"] == 3 * n["full"] + n["general"]
     assert retain_stage["records"] == 3 * n["retain90"] + n["general"] == 3 * (n["full"] - n["forget10"]) + n["general"]
 
+    assert [len(saved["per_seed"][m]) for m in ("uld", "ga", "gd", "npo")] == [1, 1, 1, 1]
+    assert saved["per_seed"]["uld"][0]["model_utility"] == saved["results"]["uld"]["model_utility"]
+
     out2 = tmp_path / "out2"
-    run_demo(out2, cache, settings=_settings())
+    run_demo(out2, cache, seeds=2, settings=_settings())
     again = json.loads((out2 / "results.json").read_text())
+    # Two seeds: each method's row is the mean of its two per-seed rows (kept in results.json).
+    for m in ("uld", "ga", "gd", "npo"):
+        rows = again["per_seed"][m]
+        assert len(rows) == 2 and again["results"][m]["seeds"] == 2
+        assert again["results"][m]["model_utility"] == pytest.approx((rows[0]["model_utility"] + rows[1]["model_utility"]) / 2)
+    assert "## Per seed" in (out2 / "REPORT.md").read_text()
     assert all(again["pipeline_reused"].values())  # every stage reused
     assert all(v == 0 for v in again["pipeline_seconds"].values())
     # The target and retain model are the cached ones, so their scores are identical.

@@ -114,13 +114,19 @@ COLUMNS = (("forget_quality", "FQ"), ("log10_forget_quality", "log10 FQ"), ("mod
            ("forget_truth_ratio_median", "forget TR median"), ("train_seconds", "train s"))
 
 
-def report_markdown(results: dict[str, dict], settings: dict[str, Any], seconds: dict[str, float], seeds: int) -> str:
+def report_markdown(results: dict[str, dict], settings: dict[str, Any], seconds: dict[str, float], seeds: int,
+                    per_seed: dict[str, list[dict]] | None = None) -> str:
     head = "| model | " + " | ".join(c for _, c in COLUMNS) + " |"
     lines = ["# uld demo: the miniature TOFU study", "",
              f"Forget set: forget10 of a synthetic world; {seeds} seed(s) per unlearning method (means shown).", "",
              head, "|" + "---|" * (len(COLUMNS) + 1)]
     for name, r in results.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(r.get(k)) for k, _ in COLUMNS) + " |")
+    if per_seed and seeds > 1:
+        lines += ["", "## Per seed", "", head.replace("| model |", "| model | seed |"), "|" + "---|" * (len(COLUMNS) + 2)]
+        for name, rows in per_seed.items():
+            for seed, r in enumerate(rows):
+                lines.append(f"| {name} | {seed} | " + " | ".join(_fmt(r.get(k)) for k, _ in COLUMNS) + " |")
     pipe = settings["pipeline"]
     lines += [
         "", "## Settings", "",
@@ -218,13 +224,14 @@ def run_demo(out: Path, cache: Path, seeds: int = 1, quick: bool = False, settin
     pipe = build_pipeline(cache, settings["pipeline"], log=lambda s: console.print(s))
     results: dict[str, dict] = {}
     work = Path(tempfile.mkdtemp(prefix=".uld-demo-", dir=cache))
+    per_seed: dict[str, list[dict[str, Any]]] = {}  # each unlearning method's row per seed
     try:
         for name, model in (("target", pipe.target), ("retain", pipe.retain)):
             console.print(f"demo: evaluating {name}")
             metrics = _eval(model, pipe, work / f"eval-{name}", settings["pipeline"].eval_max_new_tokens)
             results[name] = row_summary(metrics, None)
         for method in METHODS:
-            rows = []
+            rows = per_seed[method] = []
             for seed in range(seeds):
                 console.print(f"demo: unlearning forget10 with {method} (seed {seed})")
                 t0 = time.time()
@@ -240,10 +247,10 @@ def run_demo(out: Path, cache: Path, seeds: int = 1, quick: bool = False, settin
     settings_out = {"pipeline": settings["pipeline"].to_dict(), "recipes": settings["recipes"]}
     total = time.time() - t_start
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "results.json", {"results": results, "settings": settings_out, "seeds": seeds,
+    atomic_write_json(out / "results.json", {"results": results, "per_seed": per_seed, "settings": settings_out, "seeds": seeds,
                                              "pipeline_seconds": pipe_secs, "pipeline_reused": pipe.reused,
                                              "total_seconds": round(total, 1)})
-    atomic_write_text(out / "REPORT.md", report_markdown(results, settings_out, pipe_secs, seeds)
+    atomic_write_text(out / "REPORT.md", report_markdown(results, settings_out, pipe_secs, seeds, per_seed)
                       + f"\nTotal wall time of this run: {total:.0f} s.\n")
     plot(results, out / PLOT_FILE)
     table = Table(title="uld demo: forget10")
