@@ -139,16 +139,19 @@ class CausalLMScorer:
             target = labels[:, 1:].to(logp.device)
             scored = target != IGNORE_INDEX
             tok_lp = logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+            # One device-to-host copy per batch, not one per row and quantity.
+            tok_lp, scored = tok_lp.double().cpu().numpy(), scored.cpu().numpy()
             if vocab_stats:
                 p = logp.exp()
                 mu = (p * logp).sum(-1)
                 sigma2 = (p * logp.square()).sum(-1) - mu.square()
+                mu, sigma2 = mu.double().cpu().numpy(), sigma2.double().cpu().numpy()
             for row, i in enumerate(idx):
                 m = scored[row]
                 out[i] = TokenStats(
-                    logprob=tok_lp[row][m].double().cpu().numpy(),
-                    mu=mu[row][m].double().cpu().numpy() if vocab_stats else None,
-                    sigma2=sigma2[row][m].double().cpu().numpy() if vocab_stats else None,
+                    logprob=tok_lp[row][m],
+                    mu=mu[row][m] if vocab_stats else None,
+                    sigma2=sigma2[row][m] if vocab_stats else None,
                 )
             if progress:
                 progress(len(idx))
