@@ -74,6 +74,12 @@ def test_training_the_assistant_never_changes_the_target_and_adds_only_lora(fami
     # The B matrices moved away from 0: the assistant now differs from the truncated target.
     assistant.eval()
     assert not torch.equal(assistant(input_ids=ids).logits, truncated_reference(target, 2)(input_ids=ids).logits)
+    # Merging LoRA into the base weights would write into the target's tensors: refused.
+    layer = assistant.model.get_submodule(assistant.assistant_config["lora_modules"][0])
+    with pytest.raises(UldError, match="would change the target"):
+        layer.merge()
+    for n, p in target.named_parameters():
+        assert torch.equal(p, before[n]), n
 
 
 def test_rank_zero_trains_a_private_copy_of_the_blocks():

@@ -22,7 +22,8 @@ How it is built, generically for any transformers decoder-only causal LM:
    operations peft runs in eval mode without its per-call bookkeeping (about 80 us per layer on a
    CPU, more than the layer's own matmuls at batch 1; `uld bench generate`). Training, merged or
    disabled adapters, extra adapters and LoRA variants all go through peft's own forward. LoRA is
-   never merged: the base weights are the target's tensors, and merging would change the target.
+   never merged: the base weights are the target's tensors, and merging would change the target,
+   so each layer's `merge` (and so peft's `merge_and_unload`) raises a `UldError` instead.
 
 The shared weights get `requires_grad=False` (on the target too: they are the same tensors).
 """
@@ -290,6 +291,7 @@ def _inject_lora(model: nn.Module, names: list[str], r: int, alpha: float, dropo
     for name in names:
         layer = model.get_submodule(name)
         layer.forward = types.MethodType(_lean_lora_forward, layer)
+        layer.merge = types.MethodType(_refuse_merge, layer)
     trainable = []
     for name, p in model.named_parameters():
         is_lora = ".lora_A." in name or ".lora_B." in name
@@ -297,6 +299,14 @@ def _inject_lora(model: nn.Module, names: list[str], r: int, alpha: float, dropo
         if is_lora:
             trainable.append(name)
     return trainable
+
+
+def _refuse_merge(self, *args: Any, **kwargs: Any) -> None:
+    """`merge` of an injected LoRA layer (bound to it): refused, the base weights are the target's."""
+    raise UldError(
+        "merging the assistant's LoRA into its base weights would change the target: those weights are the "
+        "target's own tensors (ULD serves the adapter unmerged; copy the model first to merge a copy)"
+    )
 
 
 def _lean_lora_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
