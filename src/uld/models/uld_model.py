@@ -56,8 +56,9 @@ FORMAT_VERSION = 1
 # Families whose causal-LM logits are exactly `lm_head(decoder(...).last_hidden_state)`: no logit
 # scaling or soft-capping (Gemma, Cohere and Granite have them), so the head can be applied to some
 # vocabulary rows only. Others always take the full head.
-_FALSE_FLAGS = ("output_attentions", "output_hidden_states")
 SPARSE_HEAD_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gpt_neox", "gpt2"})
+# Forward flags that still allow the fused pass when passed as False.
+_FALSE_FLAGS = ("output_attentions", "output_hidden_states")
 
 
 class ULDConfig(PreTrainedConfig):
@@ -352,11 +353,8 @@ class ULDForCausalLM(PreTrainedModel, GenerationMixin):
             t_logits, hidden = fused(input_ids, inputs_embeds, attention_mask, position_ids,
                                      cache if use_cache else None, bool(use_cache), logits_to_keep)
             hidden = slice_logits_to_keep(hidden, logits_to_keep)
-            head = self.assistant.model.get_output_embeddings()
-            if exclude_implausible and self.filter_rate > 0:
-                logits = combine_with_head(t_logits, hidden, head, self.alpha, self.filter_rate)
-            else:
-                logits = combine_logits(t_logits, head(hidden), self.alpha, self.filter_rate, exclude_implausible)
+            logits = self._combine_hidden(t_logits, hidden, self.assistant.model.get_output_embeddings(),
+                                          exclude_implausible)
         else:
             logits = self._separate_forward(input_ids, inputs_embeds, attention_mask, position_ids, t_cache,
                                             a_cache, bool(use_cache), logits_to_keep, exclude_implausible, **kwargs)
@@ -384,10 +382,17 @@ class ULDForCausalLM(PreTrainedModel, GenerationMixin):
             decoder, head = parts
             a_out = decoder(input_ids=input_ids, inputs_embeds=inputs_embeds, cache=a_cache, **common)
             hidden = slice_logits_to_keep(a_out.last_hidden_state, logits_to_keep)
-            return combine_with_head(t_out.logits, hidden, head, self.alpha, self.filter_rate)
+            return self._combine_hidden(t_out.logits, hidden, head, exclude_implausible)
         a_out = self.assistant(input_ids=input_ids, inputs_embeds=inputs_embeds, cache=a_cache,
                                logits_to_keep=logits_to_keep, **common)
         return combine_logits(t_out.logits, a_out.logits, self.alpha, self.filter_rate, exclude_implausible)
+
+    def _combine_hidden(self, t_logits, hidden, head: nn.Module, exclude_implausible: bool) -> torch.Tensor:
+        """ULD logits from the target's logits and the assistant's final hidden states: while
+        generating with the filter on, the head runs on the plausible rows only (`combine_with_head`)."""
+        if exclude_implausible and self.filter_rate > 0:
+            return combine_with_head(t_logits, hidden, head, self.alpha, self.filter_rate)
+        return combine_logits(t_logits, head(hidden), self.alpha, self.filter_rate, exclude_implausible)
 
     def _fused_pass(self):
         """The fused inference pass (uld.models.fused) when this pair allows it, else None.
