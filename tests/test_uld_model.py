@@ -222,11 +222,13 @@ def test_fused_cache_buffers_match_separate_caches_through_growth_crop_and_reord
         cache, m, out = model.new_cache(), mask, []
         with torch.no_grad():
             step = model(input_ids=ids, attention_mask=m, position_ids=positions(m), cache=cache, use_cache=True)
-            for i in range(45):  # prompt 7 + 45 > the first capacity (7 + 32): the buffer grows
-                if i == 20:
+            for i in range(45):
+                if i == 35:
+                    if fused:  # 7 + 35 positions > the first capacity (7 + 32): the buffer grew
+                        assert cache.__dict__["fused_kv"][0].keys.size(-2) > 7 + 32
                     cache.crop(-2)  # drop two positions, then continue from there
                     m = m[:, :-2]
-                if i == 30:
+                if i == 40:
                     cache.reorder_cache(torch.tensor([2, 0, 1]))
                     m = m[[2, 0, 1]]
                 nxt = step.logits[:, -1:].argmax(-1)
