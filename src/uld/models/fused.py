@@ -20,7 +20,9 @@ family's own `forward` runs it (embeddings, positions, masks, norm, head of the 
 Used only where it is exact by construction — no gradients, the assistant in eval mode, and a
 family whose blocks take `(hidden, attention_mask=, position_ids=, cache=, use_cache=,
 position_embeddings=)` with batch-first tensors and full attention (`FUSED_FAMILIES`, no sliding
-window). Batched matrix products may round differently from unbatched ones (~1e-7).
+window). Exact up to rounding: a matrix product over the 2B stacked rows may accumulate a row in
+another order than the product over B rows (MKL's AVX2 kernels choose their blocking from the
+row count), so results differ by a few units in the last place of their magnitude.
 """
 
 from __future__ import annotations
