@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from uld.bench.pipeline import ModelConfig, PipelineConfig
-from uld.bench.world import WorldConfig
-from uld.cli.demo import ROWS, demo_settings, run_demo
 from uld.data.records import load_split
+from uld.studies.demo import ROWS, demo_settings, run_demo
+from uld.studies.pipeline import ModelConfig, PipelineConfig
+from uld.world import WorldConfig
 
 
 def _settings():

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from uld.bench import World, WorldConfig, forget_author_counts, generate_world, write_world
-from uld.bench import world as W
-from uld.bench import world_vocab as V
 from uld.data.records import available_splits, load_split
 from uld.errors import UldError
+from uld.world import World, WorldConfig, forget_author_counts, generate_world, write_world
+from uld.world import entities as E
+from uld.world import generate as W
+from uld.world import vocab as V
 
 SMALL = WorldConfig(num_authors=20, qa_per_author=6)
 PERTURBED = ("forget01_perturbed", "forget05_perturbed", "forget10_perturbed", "retain_perturbed")
@@ -43,7 +44,7 @@ def test_same_seed_writes_same_bytes_and_another_seed_differs(tmp_path, world_di
 
 def test_output_does_not_depend_on_python_hash_seed(tmp_path, world_dir):
     # str hashing is salted per process: iterating a set of strings would break determinism.
-    code = f"from uld.bench import write_world, WorldConfig; write_world({str(tmp_path / 'sub')!r}, WorldConfig(num_authors=20, qa_per_author=6))"
+    code = f"from uld.world import write_world, WorldConfig; write_world({str(tmp_path / 'sub')!r}, WorldConfig(num_authors=20, qa_per_author=6))"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
     assert _digest(tmp_path / "sub") == _digest(world_dir)
@@ -166,7 +167,7 @@ def test_every_answer_template_states_every_value_of_its_kind():
     for kind, (questions, answers) in V.TEMPLATES.items():
         assert len(questions) >= 2 and len(answers) >= 4, kind
         # date and date_us are two renderings of one value: a wrong date changes both.
-        values = [{f.replace("date_us", "date") for f in W.template_fields(t) - W._CONTEXT_ONLY[kind]} for t in answers]
+        values = [{f.replace("date_us", "date") for f in E.template_fields(t) - E._CONTEXT_ONLY[kind]} for t in answers]
         assert all(v == values[0] and v for v in values), kind
 
 

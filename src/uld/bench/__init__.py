@@ -1,5 +1,1 @@
-"""The built-in miniature benchmark: a synthetic TOFU-style world generated from a seed."""
-
-from uld.bench.world import World, WorldConfig, forget_author_counts, generate_world, write_world
-
-__all__ = ["World", "WorldConfig", "forget_author_counts", "generate_world", "write_world"]
+"""Performance benchmarks (`uld bench`): ULD against the alternatives, as ratios measured in one run."""

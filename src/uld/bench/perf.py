@@ -26,8 +26,6 @@ ULD's head runs on the whole vocabulary) over a BPE tokenizer trained on the bui
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from uld.bench import measure as M
 from uld.errors import UldError
 
 BENCHES = ("train", "generate", "eval")
@@ -77,10 +76,10 @@ def prepare_miniature(work: Path, sizes: BenchSizes) -> tuple[str, str]:
     """Write the world's data and a random Llama + tokenizer under `work`; (model dir, data dir)."""
     import torch
 
-    from uld.bench.pipeline import miniature_llama
-    from uld.bench.world import WorldConfig, write_world
     from uld.data.records import load_split
     from uld.data.tokenizer import train_bpe_tokenizer
+    from uld.models.miniature import miniature_llama
+    from uld.world import WorldConfig, write_world
 
     data = write_world(work / "data", WorldConfig(num_authors=sizes.num_authors))
     texts = [f"{r['question']} {r['answer']}" for r in load_split(str(data), "full")]
@@ -95,63 +94,6 @@ def prepare_miniature(work: Path, sizes: BenchSizes) -> tuple[str, str]:
 # ------------------------------------------------------------------ one case, in a subprocess
 
 
-def _rss_mb() -> float:
-    """Peak resident set of this process so far, in MB."""
-    import resource
-
-    # ru_maxrss is in KiB on Linux, bytes on macOS
-    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def _proc_status_mb(key: str) -> float | None:
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return None
-
-
-def _reset_peak_rss() -> float | None:
-    """Reset the kernel's peak-RSS counter (Linux: clear_refs 5) and return the current RSS in MB;
-    None where that is impossible (then the lifetime peak `ru_maxrss` is all there is)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return None
-    return _proc_status_mb("VmRSS")
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _peak_start() -> tuple[str, float]:
-    """Start a peak-memory window; `_peak_delta` gives how far memory rose above the start in it."""
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        return "cuda", float(torch.cuda.memory_allocated()) / 2**20
-    now = _reset_peak_rss()
-    return ("hwm", now) if now is not None else ("maxrss", _rss_mb())
-
-
-def _peak_delta(start: tuple[str, float]) -> float:
-    import torch
-
-    kind, base = start
-    if kind == "cuda":
-        return float(torch.cuda.max_memory_allocated()) / 2**20 - base
-    if kind == "hwm":
-        return (_proc_status_mb("VmHWM") or base) - base
-    return _rss_mb() - base
-
 
 def _case_train(model: str, data: str, method: str, repeats: int, sizes: BenchSizes, work: str) -> dict:
     from uld.train.config import RunConfig
@@ -164,10 +106,10 @@ def _case_train(model: str, data: str, method: str, repeats: int, sizes: BenchSi
         cfg.augment.source = "none"  # same data for every method
         cfg.train.epochs, cfg.train.batch_size = 1, sizes.train_batch
         cfg.train.mixed_precision = "no"
-        start = _peak_start()
+        start = M.peak_start()
         out = Path(work) / f"train-{method}-{r}"
         unlearn(cfg, out)
-        peak = max(peak, _peak_delta(start))
+        peak = max(peak, M.peak_delta(start))
         times.append(json.loads((out / "run.json").read_text())["train_seconds"])
     return {"seconds": times, "peak_mb": peak}
 
@@ -194,7 +136,7 @@ def _case_generate(model: str, data: str, which: str, batch: int, repeats: int, 
     from uld.data.prompts import PromptFormat
     from uld.data.records import load_split
 
-    device = _device()
+    device = M.device_name()
     target, tok = _load(model, device)
     models = {}
     if which in ("target", "both"):
@@ -219,49 +161,23 @@ def _case_generate(model: str, data: str, which: str, batch: int, repeats: int, 
         for lm in models.values():  # warm-up
             lm.generate(input_ids=ids, attention_mask=mask, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})
         # After loading and warm-up: the peak is what decoding adds (KV caches, logits).
-        start = _peak_start()
+        start = M.peak_start()
         times: dict[str, list[float]] = {name: [] for name in models}
         for _ in range(repeats if which == "both" else 1):
             for name, lm in models.items():
-                _sync()
+                M.sync()
                 t0 = time.perf_counter()
                 out = lm.generate(input_ids=ids, attention_mask=mask, **kw)
-                _sync()
+                M.sync()
                 times[name].append(time.perf_counter() - t0)
-        result["peak_mb"] = _peak_delta(start)
+        result["peak_mb"] = M.peak_delta(start)
     result["seconds"] = times
     result["tokens"] = int(out.shape[1] - width) * batch
-    result["weights_mb"] = {name: _weights_mb(lm) for name, lm in models.items()}
+    result["weights_mb"] = {name: M.weights_mb(lm) for name, lm in models.items()}
     if "uld" in models:
-        result["assistant_kv_mb"] = _assistant_kv_mb(models["uld"], batch, int(out.shape[1]))
+        result["assistant_kv_mb"] = M.assistant_kv_mb(models["uld"], batch, int(out.shape[1]))
     return result
 
-
-def _weights_mb(model) -> float:
-    """Bytes of the distinct tensor storages a model holds (shared weights counted once), in MB."""
-    import itertools
-
-    storages = {}
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        s = t.untyped_storage()
-        storages[(s.device, s.data_ptr())] = s.nbytes()
-    return sum(storages.values()) / 2**20
-
-
-def _assistant_kv_mb(model, batch: int, length: int) -> float:
-    """Size of the assistant's KV cache after `length` positions: 2 x K layers x B x T x kv heads x head dim."""
-    cfg = model.assistant.config
-    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    itemsize = next(model.assistant.parameters()).element_size()
-    return 2 * cfg.num_hidden_layers * batch * length * heads * head_dim * itemsize / 2**20
-
-
-def _sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def _case_eval(model: str, data: str, repeats: int, sizes: BenchSizes) -> dict:
@@ -270,7 +186,7 @@ def _case_eval(model: str, data: str, repeats: int, sizes: BenchSizes) -> dict:
     from uld.eval.scoring import CausalLMScorer
     from uld.eval.tofu import load_tofu_data, score_model
 
-    device = _device()
+    device = M.device_name()
     target, tok = _load(model, device)
     tofu = load_tofu_data(data, "forget10", max_items=sizes.eval_items, mia=False)
     items = sum(len(v) for v in tofu.records.values())
@@ -280,10 +196,10 @@ def _case_eval(model: str, data: str, repeats: int, sizes: BenchSizes) -> dict:
         scorer = CausalLMScorer(target, tok, batch_size=bs, device=device)
         times = []
         for _ in range(repeats):
-            _sync()
+            M.sync()
             t0 = time.perf_counter()
             splits, _ = score_model(scorer, tofu, max_new_tokens=sizes.eval_new_tokens, mia=False)
-            _sync()
+            M.sync()
             times.append(time.perf_counter() - t0)
         values[bs] = np.concatenate(
             [np.concatenate([s.nll, s.nll_pert.ravel(), np.asarray(s.rouge, dtype=float)]) for s in splits.values()]
@@ -318,22 +234,6 @@ def _run_case(spec: dict) -> dict:
 
 
 # ------------------------------------------------------------------ the sub-benchmarks
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    dev = _device()
-    return {
-        "platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": dev,
-        "gpu": torch.cuda.get_device_name(0) if dev == "cuda" else None,
-        "memory_method": "torch.cuda.max_memory_allocated delta" if dev == "cuda"
-        else "peak RSS of a fresh process per case (the kernel's peak counter reset at the start of the "
-        "window, or ru_maxrss where it cannot be) minus its RSS at the start (train: before loading "
-        "the model; generate: after loading it and one warm-up call)",
-        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
 
 
 def _med(xs: list[float]) -> float:
@@ -411,7 +311,7 @@ def run_benches(which: list[str], model: str | None, data: str | None, repeats: 
     if model is None or data is None:
         m, d = prepare_miniature(work, sizes)
         model, data = model or m, data or d
-    result: dict[str, Any] = {"machine": machine(), "model": model, "data": data, "repeats": repeats,
+    result: dict[str, Any] = {"machine": M.machine(), "model": model, "data": data, "repeats": repeats,
                               "sizes": asdict(sizes)}
     if "train" in which:
         result["train"] = bench_train(model, data, repeats, sizes, work, step)

@@ -7,20 +7,7 @@ from pathlib import Path
 import typer
 
 from uld.cli.app import app
-
-MODEL_MARKERS = ("config.json", "uld_config.json", "offset_config.json", "adapter_config.json")
-
-
-def resolve_model_path(model: str) -> str:
-    """A model directory (a `uld unlearn` run directory is one), or a directory whose `model/` or
-    `final/` holds the model."""
-    p = Path(model)
-    if not p.is_dir() or any((p / m).is_file() for m in MODEL_MARKERS):
-        return model
-    for sub in ("model", "final"):
-        if any((p / sub / m).is_file() for m in MODEL_MARKERS):
-            return str(p / sub)
-    return model
+from uld.models.loading import resolve_model_path
 
 
 @app.command("eval")

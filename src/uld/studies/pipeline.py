@@ -3,7 +3,7 @@
 Stages (each a directory of the cache, written atomically with a `stage.json` marker, so a
 second run reuses every finished stage and an interrupted one leaves nothing half-written):
 
-1. `data/`: the synthetic world (`uld.bench.world.write_world`).
+1. `data/`: the synthetic world (`uld.world.write_world`).
 2. `tokenizer/`: a byte-level BPE tokenizer trained on every text of the world.
 3. `base/`: a tiny Llama pretrained on the `general` split (the world's "real" knowledge).
 4. `target/`: the base fine-tuned on `full` (+ `general` mixed in, so it keeps it).
@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uld.bench.world import WorldConfig, write_world
 from uld.errors import UldError
 from uld.io import atomic_dir, atomic_write_json
+from uld.world import WorldConfig, write_world
 
 DEFAULT_CACHE = ".uld-cache/mini"
 STAGE_FILE = "stage.json"
@@ -83,19 +83,6 @@ class Pipeline:
 Log = Callable[[str], None]
 
 
-def miniature_llama(tokenizer, hidden: int, layers: int, intermediate: int, heads: int, max_positions: int):
-    """A randomly initialised Llama over `tokenizer` (its size and special ids), untied head:
-    the miniature model of `uld demo` and of `uld bench`."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-        max_position_embeddings=max_positions, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-    ))
-
-
 def _done(stage: Path) -> bool:
     return (stage / STAGE_FILE).is_file()
 
@@ -133,6 +120,7 @@ def build_pipeline(cache: str | Path = DEFAULT_CACHE, cfg: PipelineConfig | None
     from uld.data.records import load_split
     from uld.data.tokenizer import train_bpe_tokenizer
     from uld.models.loading import load_causal_lm, load_tokenizer
+    from uld.models.miniature import miniature_llama
     from uld.train.loop import finetune
 
     cfg = cfg or PipelineConfig()
@@ -224,13 +212,12 @@ def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path, ref
     and returns the full metrics (TOFU_EVAL.json layout)."""
     import torch
 
-    from uld.cli.eval import resolve_model_path
     from uld.data.prompts import PromptFormat
     from uld.eval.reference import read_log
     from uld.eval.results import write_results
     from uld.eval.scoring import CausalLMScorer
     from uld.eval.tofu import evaluate, load_tofu_data
-    from uld.models.loading import load_model
+    from uld.models.loading import load_model, resolve_model_path
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tofu = load_tofu_data(str(data), forget)
