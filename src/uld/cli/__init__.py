@@ -13,7 +13,7 @@ import sys
 
 from uld.cli.app import app
 
-COMMAND_MODULES = ("generate", "unlearn", "augment", "eval", "aggregate", "demo", "bench")
+COMMAND_MODULES = ("generate", "unlearn", "augment", "eval", "aggregate", "demo", "bench", "setup")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"uld.cli.{_name}")

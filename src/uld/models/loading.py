@@ -10,6 +10,9 @@ from uld.errors import UldError
 def load_tokenizer(name_or_path: str | Path):
     from transformers import AutoTokenizer
 
+    from uld.models.gguf import resolve_gguf
+
+    name_or_path = resolve_gguf(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(str(name_or_path))
     except Exception as e:
@@ -20,9 +23,15 @@ def load_tokenizer(name_or_path: str | Path):
 
 
 def load_causal_lm(name_or_path: str | Path, dtype: str | None = None, device: str | None = None):
-    """Load a plain transformers causal LM; one clear error when it cannot be loaded."""
+    """Load a plain transformers causal LM; one clear error when it cannot be loaded.
+
+    A `.gguf` file is converted once into a cached model directory (`uld.models.gguf`)."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    from uld.models.gguf import resolve_gguf
+
+    name_or_path = resolve_gguf(name_or_path, log=_stderr)
 
     kwargs = {}
     if dtype:
@@ -43,9 +52,13 @@ def load_model(name_or_path: str | Path, device: str | None = None, dtype: str |
     - a ULD directory (has `uld_config.json`): `ULDForCausalLM.from_pretrained`;
     - an offset-unlearning directory (has `offset_config.json`): `OffsetForCausalLM`;
     - a peft adapter directory (has `adapter_config.json`): the base model + adapter;
+    - a `.gguf` file: converted once into a cached safetensors directory (`uld.models.gguf`);
     - anything else: a plain transformers causal LM (hub id or local directory).
     Returns `(model, tokenizer)`, the model in eval mode.
     """
+    from uld.models.gguf import resolve_gguf
+
+    name_or_path = resolve_gguf(name_or_path, log=_stderr)
     p = Path(name_or_path)
     if (p / "uld_config.json").is_file():
         from uld.models.uld_model import ULDForCausalLM
@@ -93,3 +106,9 @@ def resolve_model_path(model: str) -> str:
         if any((p / sub / m).is_file() for m in MODEL_MARKERS):
             return str(p / sub)
     return model
+
+
+def _stderr(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr)

@@ -60,6 +60,7 @@ def unlearn(cfg: RunConfig, out: str | Path, resume: bool = False, command: list
     from uld.data.records import load_split
     from uld.data.refusals import pick_refusal
     from uld.methods.base import get_method
+    from uld.models.gguf import resolve_gguf
     from uld.models.loading import load_causal_lm, load_tokenizer
     from uld.train.loop import TrainData, TrainingDiverged, make_accelerator, train
     from uld.train.policy import build_policy
@@ -87,6 +88,7 @@ def unlearn(cfg: RunConfig, out: str | Path, resume: bool = False, command: list
     retain = load_split(cfg.data.source, cfg.data.retain) if needs_retain else []
 
     model_path = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model
+    model_path = resolve_gguf(model_path, log=lambda s: print(s, file=sys.stderr))  # a .gguf file: its converted dir
     if Path(model_path).exists() and not (Path(model_path) / "config.json").is_file():
         raise UldError(f"--model {cfg.model!r} holds no transformers model (no config.json)")
     cfg.model = model_path
