@@ -1,6 +1,14 @@
+import os
 from pathlib import Path
 
 import pytest
+
+# One thread per test process, set before torch loads (here, and inherited by the CLI subprocesses
+# some tests start): per-item values then do not depend on the machine's core count, and several
+# test runs sharing a small machine do not oversubscribe it (OpenMP threads spin while they wait).
+# Export OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TOFU_DIR = SHARED / "data" / "tofu"
