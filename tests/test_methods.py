@@ -169,7 +169,7 @@ def test_ga_is_negative_forget_nll_and_its_step_raises_the_nll():
 
 
 def test_gd_adds_weighted_retain_nll():
-    loss, logs = get_method("gd")(make_inputs(), gamma=2.0, alpha=0.5)
+    loss, logs = get_method("gd")(make_inputs(), forget_weight=2.0, retain_weight=0.5)
     f = naive_mean_nll(FORGET_LOGITS, FORGET_LABELS)
     r = naive_mean_nll(RETAIN_LOGITS, RETAIN_LABELS)
     assert loss.item() == pytest.approx(-2.0 * f + 0.5 * r, rel=1e-5)
@@ -219,10 +219,10 @@ def test_npo_gradient_pushes_forget_logprob_down():
 def test_npo_gd_and_npo_kl_add_their_retain_terms():
     ref_f = FORGET_LOGITS.clone()
     npo0 = 2 / 0.1 * math.log(2)
-    loss, _ = get_method("npo_gd")(make_inputs(ref_forget_logits=ref_f), alpha=3.0)
+    loss, _ = get_method("npo_gd")(make_inputs(ref_forget_logits=ref_f), retain_weight=3.0)
     assert loss.item() == pytest.approx(npo0 + 3.0 * naive_mean_nll(RETAIN_LOGITS, RETAIN_LABELS), rel=1e-5)
     ref_r = RETAIN_LOGITS + REF_SHIFT
-    loss, logs = get_method("npo_kl")(make_inputs(ref_forget_logits=ref_f, ref_retain_logits=ref_r), gamma=0.5)
+    loss, logs = get_method("npo_kl")(make_inputs(ref_forget_logits=ref_f, ref_retain_logits=ref_r), forget_weight=0.5)
     positions = [(0, 0), (0, 1), (1, 0)]
     kl = sum(naive_kl_ref(ref_r[b, t].tolist(), RETAIN_LOGITS[b, t].tolist()) for b, t in positions) / 3
     assert loss.item() == pytest.approx(0.5 * npo0 + kl, rel=1e-5)
@@ -233,7 +233,7 @@ def test_npo_gd_and_npo_kl_add_their_retain_terms():
 
 def test_simnpo_matches_length_normalised_formula():
     beta, gamma, fw, alpha = 2.5, 0.3, 0.2, 0.7
-    loss, logs = get_method("simnpo")(make_inputs(), beta=beta, gamma=gamma, forget_weight=fw, alpha=alpha)
+    loss, logs = get_method("simnpo")(make_inputs(), beta=beta, gamma=gamma, forget_weight=fw, retain_weight=alpha)
     seqs = naive_token_nlls(FORGET_LOGITS, FORGET_LABELS)  # lengths 2 and 1
     terms = [log_sigmoid(-(beta / len(s)) * (-sum(s)) - gamma) for s in seqs]
     simnpo = -(2 / beta) * sum(terms) / len(terms)
@@ -244,7 +244,7 @@ def test_simnpo_matches_length_normalised_formula():
 
 def test_simnpo_gradient_raises_forget_nll():
     inputs = make_inputs()
-    loss, _ = get_method("simnpo")(inputs, alpha=0.0)
+    loss, _ = get_method("simnpo")(inputs, retain_weight=0.0)
     loss.backward()
     stepped = (inputs.forget_logits - 0.5 * inputs.forget_logits.grad).detach()
     assert naive_mean_nll(stepped, FORGET_LABELS) > naive_mean_nll(FORGET_LOGITS, FORGET_LABELS)
@@ -271,7 +271,7 @@ def idk_inputs(ref_alt, ref_forget) -> LossInputs:
 
 
 def test_idkpo_at_policy_equal_reference_is_log_two_plus_retain():
-    loss, logs = get_method("idkpo")(idk_inputs(ALT_LOGITS.clone(), FORGET_LOGITS.clone()), alpha=0.0)
+    loss, logs = get_method("idkpo")(idk_inputs(ALT_LOGITS.clone(), FORGET_LOGITS.clone()), retain_weight=0.0)
     assert loss.item() == pytest.approx(math.log(2), rel=1e-5)
     loss, _ = get_method("idkpo")(idk_inputs(ALT_LOGITS.clone(), FORGET_LOGITS.clone()))
     assert loss.item() == pytest.approx(math.log(2) + naive_mean_nll(RETAIN_LOGITS, RETAIN_LABELS), rel=1e-5)
@@ -281,7 +281,7 @@ def test_idkpo_matches_dpo_formula_and_gradient_prefers_the_refusal():
     ref_alt, ref_forget = ALT_LOGITS - REF_SHIFT, FORGET_LOGITS + REF_SHIFT
     inputs = idk_inputs(ref_alt, ref_forget)
     beta = 0.1
-    loss, logs = get_method("idkpo")(inputs, alpha=0.0)
+    loss, logs = get_method("idkpo")(inputs, retain_weight=0.0)
     cw = [a - b for a, b in zip(naive_seq_logp(ALT_LOGITS, ALT_LABELS), naive_seq_logp(ref_alt, ALT_LABELS), strict=True)]
     cl = [a - b for a, b in zip(naive_seq_logp(FORGET_LOGITS, FORGET_LABELS), naive_seq_logp(ref_forget, FORGET_LABELS), strict=True)]
     expected = -sum(log_sigmoid(beta * (w - lo)) for w, lo in zip(cw, cl, strict=True)) / 2
@@ -304,9 +304,9 @@ def test_rmu_matches_mean_squared_distance_to_control_and_frozen_states():
     control = torch.tensor([1.0, 1.0])
     inputs = make_inputs(
         forget_hidden=fh, forget_mask=forget_mask, retain_hidden=rh, ref_retain_hidden=ref_rh,
-        retain_mask=torch.ones(1, 2), control=control,
+        retain_mask=torch.ones(1, 2), prepared={"control": control},
     )
-    loss, logs = get_method("rmu")(inputs, alpha=10.0)
+    loss, logs = get_method("rmu")(inputs, retain_weight=10.0)
     # forget: tokens (1,2) -> (0+1)/2, (0,1) -> (1+0)/2, (3,-1) -> (4+4)/2; mean = (0.5+0.5+4)/3
     forget = (0.5 + 0.5 + 4.0) / 3
     # retain: (0.25+0)/2 = 0.125 and (0+4)/2 = 2; mean = 1.0625
@@ -355,13 +355,13 @@ def random_inputs(needs: frozenset[str], seed: int = 0) -> LossInputs:
             forget_hidden=torch.randn(b, t, h, generator=g, requires_grad=True),
             retain_hidden=torch.randn(b, t, h, generator=g, requires_grad=True),
             ref_retain_hidden=torch.randn(b, t, h, generator=g),
-            control=rmu_control(h, 6.5, g),
+            prepared={"control": rmu_control(h, 6.5, g)},
         )
     return LossInputs(**kw)
 
 
 @pytest.mark.parametrize("name", available_methods())
-def test_every_method_returns_a_finite_scalar_with_grad_and_float_logs(name):
+def test_every_method_returns_a_finite_scalar_with_grad_and_detached_scalar_logs(name):
     spec = get_method(name)
     inputs = random_inputs(spec.needs)
     loss, logs = spec(inputs)
@@ -374,7 +374,10 @@ def test_every_method_returns_a_finite_scalar_with_grad_and_float_logs(name):
         if getattr(inputs, f) is not None
     ]
     assert any(gr is not None and gr.abs().sum() > 0 for gr in grads)
-    assert logs and all(type(v) is float and math.isfinite(v) for v in logs.values())
+    assert logs and all(
+        isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad and math.isfinite(v.item())
+        for v in logs.values()
+    )
 
 
 @pytest.mark.parametrize("name", available_methods())
@@ -395,7 +398,8 @@ def test_paper_defaults():
     assert get_method("npo").defaults["beta"] == 0.1
     assert get_method("idkpo").defaults["beta"] == 0.1
     rmu = get_method("rmu").defaults
-    assert (rmu["steering_coeff"], rmu["alpha"], rmu["layer"]) == (6.5, 1200.0, 7)
+    assert (rmu["steering_coeff"], rmu["retain_weight"], rmu["layer"], rmu["update_layers"]) == (6.5, 1200.0, 7, (5, 6, 7))
+    assert (get_method("uld").lr, get_method("rmu").lr, get_method("npo").lr) == (1e-3, 5e-5, 1e-5)
 
 
 # ----------------------------------------------------------------------------- refusals

@@ -27,24 +27,38 @@ def test_baselines_default_to_full_model_and_tofu_learning_rate():
 def test_set_overrides_yaml_and_reads_exponents_as_floats(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("method: npo\ntrain:\n  lr: 2e-5\n  epochs: 3\nloss:\n  beta: 0.2\n")
-    cfg = build_config((load_yaml(f), " in c.yaml"), (parse_set(["train.lr=1e-4", "loss.alpha=2"]), " in --set"))
+    cfg = build_config((load_yaml(f), " in c.yaml"), (parse_set(["train.lr=1e-4", "loss.beta=1e-1"]), " in --set"))
     assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)  # YAML reads "1e-4" as text
     assert cfg.train.epochs == 3
-    assert cfg.loss == {"beta": 0.2, "alpha": 2}
+    assert cfg.loss.beta == 0.1 and isinstance(cfg.loss.beta, float)  # a typed method option
 
 
 @pytest.mark.parametrize(
     "sets, message",
     [
         (["train.lrr=1"], "did you mean 'train.lr'"),
-        (["train.epochs=two"], "train.epochs expects a int"),
+        (["train.epochs=two"], "train.epochs expects an int"),
+        (["method=npo", "loss.beta=abc"], "option loss.beta expects a float, got 'abc'"),
+        (["method=npo", "loss.beta=-1"], "option loss.beta must be > 0"),
+        (["method=npo_gd", "loss.alpha=2"], "option loss.alpha was renamed: use loss.retain_weight"),
+        (["method=uld", "loss.betta=2"], "unknown option 'loss.betta'; did you mean 'loss.beta'"),
+        (["policy.alpha=0.5"], "did you mean 'policy.assistant_weight'"),
+        (["policy.assistant_weight=-2"], "option policy.assistant_weight must be >= 0, got -2"),
+        (["policy.filter_rate=5"], "option policy.filter_rate must be in [0, 1], got 5"),
+        (["train.lr=nan"], "option train.lr must be a finite number"),
+        (["train.lr=inf"], "option train.lr must be a finite number"),
+        (["policy.lora_rank=-1"], "option policy.lora_rank must be >= 0"),
+        (["train.batch_size=8", "train.micro_batch_size=3"], "train.batch_size=8 is not a multiple of train.micro_batch_size=3"),
+        (["method=rmu", "loss.update_layers=[1, x]"], "option loss.update_layers[1] expects an int"),
         (["policy.kind=qlora"], "unknown value for policy.kind 'qlora'"),
         (["train.lr"], "--set expects key=value"),
         (["method=uld", "policy.kind=full"], "does not fit method 'uld'"),
     ],
 )
 def test_bad_options_fail_with_one_sentence(sets, message):
-    with pytest.raises(UldError, match=message.replace("(", r"\(")) as e:
+    import re
+
+    with pytest.raises(UldError, match=re.escape(message)) as e:
         build_config((parse_set(sets), " in --set"))
     assert "\n" not in str(e.value)
 
@@ -71,11 +85,8 @@ def test_every_option_has_a_docstring_in_the_source():
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_documents_its_command(path):
-    from uld.methods import get_method
-    from uld.train.run import check_loss_options
-
     cfg = build_config((load_yaml(path), f" in {path.name}"))
-    check_loss_options(get_method(cfg.method), cfg.loss)
+    assert cfg.loss is not None
     assert "uld unlearn" in path.read_text().splitlines()[0] + path.read_text().splitlines()[1]
 
 

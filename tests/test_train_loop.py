@@ -96,7 +96,7 @@ def test_uld_assistant_memorises_forget_and_flattens_retain_target_untouched(mem
     out = path.parent / "uld-run"
     policy.save(assistant, out, tokenizer, cfg)
     uld = ULDForCausalLM.from_pretrained(out)
-    assert uld.alpha == 0.75
+    assert getattr(uld, "assistant_weight", getattr(uld, "alpha", None)) == 0.75
     prompt = torch.tensor([[tokenizer.bos_token_id, 5, 6, 7]])
     gen = uld.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=False)
     assert gen.shape[1] > prompt.shape[1]
@@ -136,13 +136,13 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
 
     calls = {"n": 0}
 
-    def blows_up(inputs):
+    def blows_up(inputs, opts):
         """NLL, then NaN from the third step on."""
         calls["n"] += 1
         nll = token_nll(inputs.forget_logits, inputs.forget_labels)[0].sum()
         return (nll * float("nan") if calls["n"] >= 3 else nll), {}
 
-    spec = MethodSpec("blows_up", blows_up, frozenset(), {})
+    spec = MethodSpec("blows_up", blows_up)
     enc = encode_records(tokenizer, forget_records())
     cfg = _cfg("method=ga", "train.epochs=3", "train.batch_size=2")
     policy = FullPolicy(tiny_llama(vocab_size=len(tokenizer)), needs_frozen=False)

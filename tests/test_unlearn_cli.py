@@ -92,7 +92,7 @@ def _bad_data(tmp_path: Path, workspace) -> Path:
         ({"--forget": "empty"}, "is empty"),
         ({"--method": "npo2"}, "unknown method 'npo2'; did you mean 'npo'"),
         ({"--set": "train.lrr=1"}, "unknown option 'train.lrr'"),
-        ({"--set": "loss.gamma=2"}, "option loss.gamma for method 'uld'"),
+        ({"--set": "loss.gamma=2"}, "unknown option 'loss.gamma'"),
         ({"--model": "EMPTY_DIR"}, "holds no transformers model"),
     ],
 )

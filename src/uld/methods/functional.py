@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from uld.methods.base import LossInputs
-from uld.ops import sequence_nll, token_nll
+from uld.ops import token_nll
 
 
 def need(inputs: LossInputs, method: str, *names: str) -> list[torch.Tensor]:
@@ -34,11 +34,6 @@ def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """NLL averaged over every scored token of the batch (Hugging Face's `outputs.loss`), scalar."""
     nll, mask = token_nll(logits, labels)
     return nll.sum() / mask.sum().clamp_min(1)
-
-
-def answer_prob(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean over sequences of exp(-mean token NLL of the answer): TOFU's answer probability."""
-    return torch.exp(-sequence_nll(logits.detach(), labels)).mean().item()
 
 
 def prediction_mask(mask: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
@@ -80,8 +75,8 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Ten
 
 def retain_nll(inputs: LossInputs, method: str) -> torch.Tensor:
     """Token-mean NLL of the policy on the retain answers (the "GD" / "RT" regulariser)."""
-    logits, labels = need(inputs, method, "retain_logits", "retain_labels")
-    return mean_nll(logits, labels)
+    need(inputs, method, "retain_logits", "retain_labels")
+    return inputs.mean_nll("retain")
 
 
 def retain_kl(inputs: LossInputs, method: str) -> torch.Tensor:

@@ -6,53 +6,78 @@ below the frozen reference's, with a loss that saturates instead of diverging li
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
-from uld.methods.base import LossInputs, register_method
-from uld.methods.functional import answer_prob, mean_nll, need, retain_kl, retain_nll
-from uld.ops import sequence_logprob
+from uld.methods.base import Logs, LossInputs, Options, register_method
+from uld.methods.functional import need, retain_kl, retain_nll
+from uld.options import check_range
 
 
-def _npo_term(inputs: LossInputs, beta: float, method: str) -> tuple[torch.Tensor, dict[str, float]]:
+@dataclass
+class NpoOptions(Options):
+    """NPO's temperature."""
+
+    beta: float = 0.1
+    """Inverse temperature of the NPO loss (paper: 0.1)."""
+
+    def check(self) -> None:
+        check_range("loss.beta", self.beta, low=0.0, low_open=True)
+
+
+@dataclass
+class NpoRetainOptions(NpoOptions):
+    """NPO's temperature and the weights of its forget and retain terms."""
+
+    forget_weight: float = 1.0
+    """Weight of the NPO term (paper: 1)."""
+    retain_weight: float = 1.0
+    """Weight of the retain term (NLL for npo_gd, KL to the original model for npo_kl; paper: 1)."""
+
+    renamed: ClassVar[dict[str, str]] = {"gamma": "forget_weight", "alpha": "retain_weight"}
+
+    def check(self) -> None:
+        super().check()
+        check_range("loss.forget_weight", self.forget_weight, low=0.0)
+        check_range("loss.retain_weight", self.retain_weight, low=0.0)
+
+
+def _npo_term(inputs: LossInputs, beta: float, method: str) -> tuple[torch.Tensor, Logs]:
     # NPO loss (Zhang et al. 2024): L = -(2/beta) * E log sigmoid(-beta * log(pi_theta(y|x) / pi_ref(y|x)))
     # with log pi(y|x) summed over the answer tokens (B,). At pi_theta = pi_ref: (2/beta) log 2.
-    ref_logits = need(inputs, method, "ref_forget_logits")[0]
-    logp = sequence_logprob(inputs.forget_logits, inputs.forget_labels)
-    ref_logp = sequence_logprob(ref_logits.detach(), inputs.forget_labels)
-    log_ratio = logp - ref_logp
+    need(inputs, method, "ref_forget_logits")
+    log_ratio = inputs.sequence_logprob("forget") - inputs.sequence_logprob("ref_forget")
     loss = -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
     logs = {
-        "forget_nll": mean_nll(inputs.forget_logits.detach(), inputs.forget_labels).item(),
-        "forget_prob": answer_prob(inputs.forget_logits, inputs.forget_labels),
-        "forget_logratio": log_ratio.detach().mean().item(),
+        "forget_nll": inputs.mean_nll("forget").detach(),
+        "forget_prob": inputs.answer_prob("forget"),
+        "forget_logratio": log_ratio.detach().mean(),
     }
     return loss, logs
 
 
-@register_method("npo", needs=("reference",), beta=0.1)
-def npo_loss(inputs: LossInputs, *, beta: float) -> tuple[torch.Tensor, dict[str, float]]:
+@register_method("npo", NpoOptions, needs=("reference",))
+def npo_loss(inputs: LossInputs, opts: NpoOptions) -> tuple[torch.Tensor, Logs]:
     """NPO: loss = -(2/beta) mean log sigmoid(-beta (log pi(y|x) - log pi_ref(y|x))), beta 0.1."""
-    return _npo_term(inputs, beta, "npo")
+    return _npo_term(inputs, opts.beta, "npo")
 
 
-@register_method("npo_gd", needs=("retain", "reference"), beta=0.1, gamma=1.0, alpha=1.0)
-def npo_gd_loss(
-    inputs: LossInputs, *, beta: float, gamma: float, alpha: float
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """NPO + retain NLL ("NPO+RT" in the paper): gamma * L_NPO + alpha * NLL(retain)."""
-    npo, logs = _npo_term(inputs, beta, "npo_gd")
+@register_method("npo_gd", NpoRetainOptions, needs=("retain", "reference"))
+def npo_gd_loss(inputs: LossInputs, opts: NpoRetainOptions) -> tuple[torch.Tensor, Logs]:
+    """NPO + retain NLL ("NPO+RT" in the paper): forget_weight * L_NPO + retain_weight * NLL(retain)."""
+    npo, logs = _npo_term(inputs, opts.beta, "npo_gd")
     retain = retain_nll(inputs, "npo_gd")
-    logs["retain_nll"] = retain.item()
-    return gamma * npo + alpha * retain, logs
+    logs["retain_nll"] = retain.detach()
+    return opts.forget_weight * npo + opts.retain_weight * retain, logs
 
 
-@register_method("npo_kl", needs=("retain", "reference"), beta=0.1, gamma=1.0, alpha=1.0)
-def npo_kl_loss(
-    inputs: LossInputs, *, beta: float, gamma: float, alpha: float
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """NPO + KL: gamma * L_NPO + alpha * KL(p_ref || p_policy) on retain."""
-    npo, logs = _npo_term(inputs, beta, "npo_kl")
+@register_method("npo_kl", NpoRetainOptions, needs=("retain", "reference"))
+def npo_kl_loss(inputs: LossInputs, opts: NpoRetainOptions) -> tuple[torch.Tensor, Logs]:
+    """NPO + KL: forget_weight * L_NPO + retain_weight * KL(p_ref || p_policy) on retain."""
+    npo, logs = _npo_term(inputs, opts.beta, "npo_kl")
     kl = retain_kl(inputs, "npo_kl")
-    logs["retain_kl_ref"] = kl.item()
-    return gamma * npo + alpha * kl, logs
+    logs["retain_kl_ref"] = kl.detach()
+    return opts.forget_weight * npo + opts.retain_weight * kl, logs

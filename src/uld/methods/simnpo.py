@@ -6,34 +6,53 @@ answers are not over-weighted and no frozen copy of the model is needed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
-from uld.methods.base import LossInputs, register_method
-from uld.methods.functional import answer_prob, mean_nll, retain_nll
-from uld.ops import token_nll
+from uld.methods.base import Logs, LossInputs, Options, register_method
+from uld.methods.functional import retain_nll
+from uld.options import check_finite, check_range
 
 
-@register_method("simnpo", needs=("retain",), beta=4.5, gamma=0.0, forget_weight=0.125, alpha=1.0)
-def simnpo_loss(
-    inputs: LossInputs, *, beta: float, gamma: float, forget_weight: float, alpha: float
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """SimNPO + retain NLL: forget_weight * L_SimNPO + alpha * NLL(retain).
+@dataclass
+class SimNpoOptions(Options):
+    """The authors' released TOFU forget10 run (for forget05: beta 2.5, forget_weight 0.1375)."""
+
+    beta: float = 4.5
+    """Inverse temperature of the length-normalised reward (forget10 run: 4.5)."""
+    gamma: float = 0.0
+    """Reward margin inside the sigmoid (forget10 run: 0)."""
+    forget_weight: float = 0.125
+    """Weight of the SimNPO term, the authors' "npo_coeff" (forget10 run: 0.125)."""
+    retain_weight: float = 1.0
+    """Weight of the retain NLL (0 = SimNPO alone)."""
+
+    renamed: ClassVar[dict[str, str]] = {"alpha": "retain_weight"}
+
+    def check(self) -> None:
+        check_range("loss.beta", self.beta, low=0.0, low_open=True)
+        check_finite("loss.gamma", self.gamma)
+        check_range("loss.forget_weight", self.forget_weight, low=0.0)
+        check_range("loss.retain_weight", self.retain_weight, low=0.0)
+
+
+@register_method("simnpo", SimNpoOptions, needs=("retain",))
+def simnpo_loss(inputs: LossInputs, opts: SimNpoOptions) -> tuple[torch.Tensor, Logs]:
+    """SimNPO + retain NLL: forget_weight * L_SimNPO + retain_weight * NLL(retain).
 
     L_SimNPO = -(2/beta) mean log sigmoid(-(beta/|y|) log pi(y|x) - gamma), where |y| is the
-    number of scored answer tokens. Defaults: the authors' released TOFU forget10 run
-    (beta 4.5, gamma 0, forget weight "npo_coeff" 0.125, retain weight 1); for forget05 they
-    used beta 2.5, forget weight 0.1375. `alpha=0` gives SimNPO alone.
-    Logits (B, T, V); labels (B, T).
+    number of scored answer tokens. Logits (B, T, V); labels (B, T).
     """
-    nll, mask = token_nll(inputs.forget_logits, inputs.forget_labels)  # (B, T-1)
-    mean_logp = -nll.sum(-1) / mask.sum(-1).clamp_min(1)  # (1/|y|) log pi(y|x), (B,)
-    forget = -(2.0 / beta) * F.logsigmoid(-beta * mean_logp - gamma).mean()
+    mean_logp = -inputs.sequence_nll("forget")  # (1/|y|) log pi(y|x), (B,)
+    forget = -(2.0 / opts.beta) * F.logsigmoid(-opts.beta * mean_logp - opts.gamma).mean()
     retain = retain_nll(inputs, "simnpo")
     logs = {
-        "forget_nll": mean_nll(inputs.forget_logits.detach(), inputs.forget_labels).item(),
-        "forget_prob": answer_prob(inputs.forget_logits, inputs.forget_labels),
-        "simnpo_loss": forget.item(),
-        "retain_nll": retain.item(),
+        "forget_nll": inputs.mean_nll("forget").detach(),
+        "forget_prob": inputs.answer_prob("forget"),
+        "simnpo_loss": forget.detach(),
+        "retain_nll": retain.detach(),
     }
-    return forget_weight * forget + alpha * retain, logs
+    return opts.forget_weight * forget + opts.retain_weight * retain, logs

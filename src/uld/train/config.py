@@ -1,13 +1,15 @@
-"""Run configuration: one dataclass per concern; the only place training defaults live.
+"""Run configuration: one dataclass per concern; the only place run defaults live.
 
 A run's config is built in layers: these defaults, then a YAML file (`--config`), then the
 command's flags, then `--set section.key=value` overrides. Every key is checked against the
-dataclasses, so a typo fails with "unknown option 'train.lrr'; did you mean 'train.lr'?".
+dataclasses, so a typo fails with "unknown option 'train.lrr'; did you mean 'train.lr'?", and
+every value is converted to its field's type. `loss.*` keys are the method's own options
+(a typed dataclass in the method's file), parsed the same way.
 
-Defaults follow the papers: ULD (Ji et al. 2024, §5): AdamW, lr 1e-3, batch 32, 10 epochs,
-warm-up 10 %, weight decay 0.01, K = a quarter of the layers, LoRA r 32 / alpha 32 / dropout
-0.05. The baselines use TOFU's fine-tuning recipe (Maini et al. 2024; NPO, Zhang et al. 2024):
-AdamW, lr 1e-5, batch 32, 10 epochs; RMU (Li et al. 2024): lr 5e-5.
+Defaults follow the papers: ULD (Ji et al. 2024, §5): AdamW, batch 32, warm-up 10 %, weight
+decay 0.01, K = a quarter of the layers, LoRA r 32 / alpha 32 / dropout 0.05. The learning
+rate and the epoch count default to the method's own (its `register_method` line: ULD 1e-3,
+RMU 5e-5, the other baselines TOFU's 1e-5; 10 epochs).
 """
 
 from __future__ import annotations
@@ -19,19 +21,21 @@ from pathlib import Path
 from typing import Any
 
 from uld.errors import UldError, unknown_choice
+from uld.methods.base import POLICY_KINDS, Options, get_method
+from uld.options import check_range, coerce
 
-POLICY_KINDS = ("uld", "full", "lora", "offset")
 AUGMENT_SOURCES = ("auto", "none", "fields", "file")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 SCHEDULES = ("linear", "cosine", "constant")
 
-# Paper defaults that differ per method; a `None` field in TrainConfig takes its value here.
-METHOD_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "uld": {"lr": 1e-3, "epochs": 10},  # ULD paper
-    "rmu": {"lr": 5e-5, "epochs": 10},  # RMU (WMDP) paper's learning rate
-    "sft": {"lr": 1e-5, "epochs": 5},  # TOFU's fine-tuning of the target
-}
-BASELINE_TRAIN_DEFAULTS: dict[str, Any] = {"lr": 1e-5, "epochs": 10}  # TOFU / NPO recipe
+# The ULD weight alpha in `target - alpha * assistant` (paper: 0.75 on TOFU) and the assistant's
+# LoRA (paper: rank 32, alpha 32, dropout 0.05): the defaults of `uld unlearn`.
+ASSISTANT_WEIGHT = 0.75
+FILTER_RATE = 1e-2
+LORA_RANK, LORA_ALPHA, LORA_DROPOUT = 32, 32.0, 0.05
+
+# Options that were renamed; the old name is refused with a pointer to the new one.
+RENAMED = {"policy.alpha": "policy.assistant_weight"}
 
 
 @dataclass
@@ -75,21 +79,21 @@ class PolicyConfig:
     """What is trained: the ULD assistant, the full model, LoRA on it, or an offset model."""
 
     kind: str = ""
-    """'uld', 'full', 'lora' or 'offset'; '' = 'uld' for method uld, else 'full'."""
+    """'uld', 'full', 'lora' or 'offset'; '' = the method's first policy kind (uld: 'uld', others: 'full')."""
     num_layers: int = 0
     """ULD assistant / offset model layers K; 0 = a quarter of the target's layers (paper: 8 of 32)."""
-    lora_rank: int = 32
+    lora_rank: int = LORA_RANK
     """LoRA rank (paper: 32); for ULD 0 trains a private copy of the K blocks instead."""
-    lora_alpha: float = 32.0
-    """LoRA alpha (paper: 32)."""
-    lora_dropout: float = 0.05
+    lora_alpha: float = LORA_ALPHA
+    """LoRA alpha, the adapter's scale numerator (paper: 32)."""
+    lora_dropout: float = LORA_DROPOUT
     """LoRA dropout (paper: 0.05)."""
     target_modules: list[str] | None = None
     """Linear layers that get LoRA (None: every linear layer in the decoder blocks)."""
-    alpha: float = 0.75
-    """ULD inference weight: logits = target - alpha * assistant (paper: 0.75 on TOFU)."""
-    filter_rate: float = 1e-2
-    """ULD plausibility filter rate r (paper: 1e-2)."""
+    assistant_weight: float = ASSISTANT_WEIGHT
+    """ULD weight, the paper's alpha: logits = target - assistant_weight * assistant (paper: 0.75 on TOFU)."""
+    filter_rate: float = FILTER_RATE
+    """ULD plausibility filter rate r in [0, 1] (paper: 1e-2; 0 turns the filter off)."""
     offset_model: str = ""
     """Offset unlearning's small model (same vocabulary); '' = the target's first K layers."""
 
@@ -144,50 +148,93 @@ class RunConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    loss: dict[str, Any] = field(default_factory=dict)
-    """Method hyperparameters overriding the method's defaults (e.g. beta for uld / npo)."""
+    loss: Any = field(default_factory=dict)
+    """The method's options (e.g. loss.beta): a dict of overrides, turned into the method's typed options."""
 
     def __post_init__(self) -> None:
         self.resolve()
 
     def resolve(self) -> RunConfig:
-        """Fill method-dependent defaults and check cross-field rules (UldError on a bad value)."""
-        method_defaults = METHOD_TRAIN_DEFAULTS.get(self.method, BASELINE_TRAIN_DEFAULTS)
+        """Fill the method's defaults, type its options and check every value (UldError on a bad one)."""
+        spec = get_method(self.method)
+        self.loss = spec.parse_options(self.loss)
         if self.train.lr is None:
-            self.train.lr = method_defaults["lr"]
+            self.train.lr = spec.lr
         if self.train.epochs is None:
-            self.train.epochs = method_defaults["epochs"]
+            self.train.epochs = spec.epochs
         if not self.policy.kind:
-            self.policy.kind = "uld" if self.method == "uld" else "full"
+            self.policy.kind = spec.policies[0]
         _choice("policy.kind", self.policy.kind, POLICY_KINDS)
         _choice("augment.source", self.augment.source, AUGMENT_SOURCES)
         _choice("train.mixed_precision", self.train.mixed_precision, MIXED_PRECISION)
         _choice("train.schedule", self.train.schedule, SCHEDULES)
-        if (self.method == "uld") != (self.policy.kind == "uld"):
+        if self.policy.kind not in spec.policies:
             raise UldError(
-                f"policy.kind {self.policy.kind!r} does not fit method {self.method!r}: "
-                "method uld trains the ULD assistant (policy.kind uld), every other method a full, lora or offset policy"
+                f"policy.kind {self.policy.kind!r} does not fit method {self.method!r}, "
+                f"which trains policy kind(s) {', '.join(spec.policies)}"
             )
-        _positive("train.epochs", self.train.epochs)
-        _positive("train.batch_size", self.train.batch_size)
-        _positive("data.max_length", self.data.max_length)
-        _positive("train.log_every", self.train.log_every)
-        if self.train.lr <= 0:
-            raise UldError(f"train.lr must be > 0, got {self.train.lr}")
-        if self.train.micro_batch_size < 0:
-            raise UldError(f"train.micro_batch_size must be >= 0, got {self.train.micro_batch_size}")
-        if not 0 <= self.train.warmup_ratio < 1:
-            raise UldError(f"train.warmup_ratio must be in [0, 1), got {self.train.warmup_ratio}")
-        if self.train.stop_forget_prob is not None and not 0 < self.train.stop_forget_prob <= 1:
-            raise UldError(f"train.stop_forget_prob must be in (0, 1], got {self.train.stop_forget_prob}")
-        if self.augment.num_paraphrases < 0 or self.augment.num_distractors < 0:
-            raise UldError("augment.num_paraphrases and augment.num_distractors must be >= 0")
-        if self.augment.source == "file" and not self.augment.file:
-            raise UldError("augment.source is 'file' but no augment.file was given")
+        _check_values(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["loss"] = self.loss.to_dict() if isinstance(self.loss, Options) else dict(self.loss)
+        return _plain(d)
+
+
+def _plain(obj: Any) -> Any:
+    # Tuples become lists, so the dict dumps as plain YAML / JSON.
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _check_values(c: RunConfig) -> None:
+    """Ranges of every numeric option, checked before a run creates anything."""
+    t, p, d, a = c.train, c.policy, c.data, c.augment
+    _positive("train.epochs", t.epochs)
+    _positive("train.batch_size", t.batch_size)
+    _positive("train.log_every", t.log_every)
+    _positive("train.keep_checkpoints", t.keep_checkpoints)
+    if d.max_length < 2:
+        raise UldError(f"option data.max_length must be >= 2 (a prompt token and an answer token), got {d.max_length}")
+    check_range("train.lr", t.lr, low=0.0, low_open=True)
+    if t.micro_batch_size < 0:
+        raise UldError(f"option train.micro_batch_size must be >= 0 (0 = no accumulation), got {t.micro_batch_size}")
+    if t.micro_batch_size and t.batch_size % t.micro_batch_size:
+        raise UldError(
+            f"option train.batch_size={t.batch_size} is not a multiple of train.micro_batch_size={t.micro_batch_size}"
+        )
+    check_range("train.warmup_ratio", t.warmup_ratio, 0.0, 1.0, high_open=True)
+    check_range("train.weight_decay", t.weight_decay, low=0.0)
+    check_range("train.max_grad_norm", t.max_grad_norm, low=0.0)
+    if len(t.adam_betas) != 2:
+        raise UldError(f"option train.adam_betas must hold two numbers, got {list(t.adam_betas)}")
+    for i, beta in enumerate(t.adam_betas):
+        check_range(f"train.adam_betas[{i}]", beta, 0.0, 1.0, high_open=True)
+    if t.stop_forget_prob is not None:
+        check_range("train.stop_forget_prob", t.stop_forget_prob, 0.0, 1.0, low_open=True)
+    if t.stop_after_epoch is not None:
+        _positive("train.stop_after_epoch", t.stop_after_epoch)
+    if p.num_layers < 0:
+        raise UldError(f"option policy.num_layers must be >= 0 (0 = a quarter of the target's layers), got {p.num_layers}")
+    if p.lora_rank < 0 or (p.lora_rank == 0 and p.kind != "uld"):
+        low = 0 if p.kind == "uld" else 1
+        raise UldError(f"option policy.lora_rank must be >= {low}, got {p.lora_rank}")
+    check_range("policy.lora_alpha", p.lora_alpha, low=0.0, low_open=True)
+    check_range("policy.lora_dropout", p.lora_dropout, 0.0, 1.0, high_open=True)
+    check_range("policy.assistant_weight", p.assistant_weight, low=0.0)
+    check_range("policy.filter_rate", p.filter_rate, 0.0, 1.0)
+    if p.target_modules is not None and not p.target_modules:
+        raise UldError("option policy.target_modules must name at least one layer (or be left out for all)")
+    if a.num_paraphrases < 0 or a.num_distractors < 0:
+        raise UldError("options augment.num_paraphrases and augment.num_distractors must be >= 0")
+    if a.source == "file" and not a.file:
+        raise UldError("augment.source is 'file' but no augment.file was given")
+    if c.seed < 0:
+        raise UldError(f"option seed must be >= 0, got {c.seed}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,7 +248,7 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 def _positive(key: str, value: int) -> None:
     if value < 1:
-        raise UldError(f"{key} must be >= 1, got {value}")
+        raise UldError(f"option {key} must be >= 1, got {value}")
 
 
 def option_names(cls: type = RunConfig, prefix: str = "") -> list[str]:
@@ -221,46 +268,6 @@ def _dataclass_type(cls: type, f: dataclasses.Field) -> type | None:
     return hint if dataclasses.is_dataclass(hint) else None
 
 
-def _coerce(key: str, hint: Any, value: Any) -> Any:
-    """Convert a YAML/CLI value to the field's type, with a one-sentence error."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if value is None:
-        if type(None) in args or hint is Any:
-            return None
-        raise UldError(f"option {key} cannot be empty")
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(key, inner[0], value)
-    try:
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("true", "yes", "1", "on"):
-                return True
-            if str(value).lower() in ("false", "no", "0", "off"):
-                return False
-            raise ValueError
-        if hint is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if hint is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)  # YAML reads "1e-3" as a string: float() accepts it
-        if hint is str:
-            return str(value)
-        if origin in (list, tuple):
-            items = [value] if isinstance(value, str) else list(value)
-            return origin(str(v) if args and args[0] is str else float(v) for v in items)
-    except (TypeError, ValueError):
-        pass
-    else:
-        return value
-    name = getattr(hint, "__name__", str(hint))
-    raise UldError(f"option {key} expects a {name}, got {value!r}")
-
-
 def apply_overrides(cfg: dict[str, Any], overrides: dict[str, Any], where: str) -> dict[str, Any]:
     """Merge a nested dict of overrides into a nested config dict, checking every key."""
     valid = option_names()
@@ -273,6 +280,8 @@ def apply_overrides(cfg: dict[str, Any], overrides: dict[str, Any], where: str) 
         if head == "loss" and isinstance(value, dict):
             cfg.setdefault("loss", {}).update(value)
             continue
+        if key in RENAMED:
+            raise UldError(f"option {key}{where} was renamed: did you mean {RENAMED[key]!r}?")
         if key not in valid:
             err = str(unknown_choice("option", key, valid + ["loss.<method option>"]))
             raise UldError(err.replace(f"option {key!r}", f"option {key!r}{where}", 1))
@@ -346,18 +355,26 @@ def from_dict(d: dict[str, Any]) -> RunConfig:
         if sub is not None:
             sub_hints = typing.get_type_hints(sub)
             kwargs[f.name] = sub(
-                **{k: _coerce(f"{f.name}.{k}", sub_hints[k], v) for k, v in (d[f.name] or {}).items()}
+                **{k: coerce(f"{f.name}.{k}", sub_hints[k], v) for k, v in (d[f.name] or {}).items()}
             )
         elif f.name == "loss":
             kwargs["loss"] = dict(d["loss"] or {})
         else:
-            kwargs[f.name] = _coerce(f.name, hints[f.name], d[f.name])
+            kwargs[f.name] = coerce(f.name, hints[f.name], d[f.name])
     return RunConfig(**kwargs)
 
 
 def to_yaml(cfg: RunConfig) -> str:
     import yaml
 
-    d = cfg.to_dict()
-    d["train"]["adam_betas"] = list(d["train"]["adam_betas"])
-    return yaml.safe_dump(d, sort_keys=False)
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def make_config(**options: Any) -> RunConfig:
+    """A RunConfig from keyword options, dotted keys spelled with `__`:
+    `make_config(model="m", method="uld", train__lr=3e-3, policy__num_layers=2)`. Every key and
+    value goes through the same checks as `--set`; the one way code assembles a config."""
+    nested: dict[str, Any] = {}
+    for key, value in options.items():
+        nested[key.replace("__", ".")] = value
+    return build_config((nested, ""))

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from uld.errors import UldError
+from uld.methods.base import MethodSpec
 from uld.train.config import RunConfig
 
 
@@ -96,7 +97,8 @@ class ULDPolicy(Policy):
     def save(self, module: nn.Module, out: Path, tokenizer, cfg: RunConfig) -> None:
         from uld.models.uld_model import ULDForCausalLM
 
-        uld = ULDForCausalLM(self.target, module, alpha=cfg.policy.alpha, filter_rate=cfg.policy.filter_rate)
+        # The ULD weight is the third argument (named `alpha` in older versions of the model class).
+        uld = ULDForCausalLM(self.target, module, cfg.policy.assistant_weight, filter_rate=cfg.policy.filter_rate)
         uld.save_pretrained(out, tokenizer=tokenizer)
 
 
@@ -187,29 +189,9 @@ class OffsetPolicy(Policy):
         OffsetForCausalLM(self.target, module, self.base).save_pretrained(out, cfg.model, tokenizer)
 
 
-def rmu_trainable(target: nn.Module, update_layers) -> list[str]:
-    """Parameter-name prefixes RMU trains: the MLP output projection of each update layer
-    (`down_proj` in Llama-like blocks, else the block's whole MLP, else the whole block)."""
-    from uld.models.assistant import find_decoder_blocks
-
-    path, blocks = find_decoder_blocks(target)
-    prefixes = []
-    for i in update_layers:
-        if not 0 <= int(i) < len(blocks):
-            raise UldError(f"rmu update layer {i} is out of range for a model with {len(blocks)} layers")
-        block = blocks[int(i)]
-        mlp = getattr(block, "mlp", None)
-        if mlp is not None and hasattr(mlp, "down_proj"):
-            prefixes.append(f"{path}.{i}.mlp.down_proj.")
-        elif mlp is not None:
-            prefixes.append(f"{path}.{i}.mlp.")
-        else:
-            prefixes.append(f"{path}.{i}.")
-    return prefixes
-
-
-def build_policy(target: nn.Module, cfg: RunConfig, needs: frozenset[str], loss_options: dict) -> Policy:
-    """The policy for `cfg.policy.kind`; `needs`/`loss_options` come from the method."""
+def build_policy(target: nn.Module, cfg: RunConfig, spec: MethodSpec) -> Policy:
+    """The policy for `cfg.policy.kind`; what trains and whether a frozen copy is kept come
+    from the method `spec` (its `needs` and its `trainable` hook)."""
     kind = cfg.policy.kind
     if kind == "uld":
         return ULDPolicy(target, cfg)
@@ -217,5 +199,10 @@ def build_policy(target: nn.Module, cfg: RunConfig, needs: frozenset[str], loss_
         return LoraPolicy(target, cfg)
     if kind == "offset":
         return OffsetPolicy(target, cfg)
-    train_only = rmu_trainable(target, loss_options["update_layers"]) if "update_layers" in loss_options else None
-    return FullPolicy(target, needs_frozen=bool(needs & {"reference", "hidden"}), train_only=train_only)
+    train_only = None
+    if spec.trainable is not None:
+        from uld.models.assistant import find_decoder_blocks
+
+        path, blocks = find_decoder_blocks(target)
+        train_only = spec.trainable(path, list(blocks), cfg.loss)
+    return FullPolicy(target, needs_frozen=bool(spec.needs & {"reference", "hidden"}), train_only=train_only)

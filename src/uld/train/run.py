@@ -30,12 +30,6 @@ RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 
 
-def check_loss_options(spec, options: dict[str, Any]) -> None:
-    for key in options:
-        if key not in spec.defaults:
-            raise unknown_choice(f"option loss.{key} for method {spec.name!r}; options", key, spec.defaults)
-
-
 def resume_config(out: Path, overrides: dict[str, Any], flags: dict[str, Any]) -> RunConfig:
     """The saved config of the run in `out`, with `--set` overrides; flags must match it."""
     import yaml
@@ -54,12 +48,10 @@ def unlearn(cfg: RunConfig, out: str | Path, resume: bool = False, command: list
     """Run one unlearning job into `out`; returns the run directory."""
     import torch
 
-    from uld.data.augment import augment_for_uld
     from uld.data.collate import encode_records
     from uld.data.prompts import PromptFormat
     from uld.data.records import load_split
-    from uld.data.refusals import pick_refusal
-    from uld.methods.base import get_method
+    from uld.methods.base import available_methods, get_method
     from uld.models.gguf import resolve_gguf
     from uld.models.loading import load_causal_lm, load_tokenizer
     from uld.train.loop import TrainData, TrainingDiverged, make_accelerator, train
@@ -68,7 +60,9 @@ def unlearn(cfg: RunConfig, out: str | Path, resume: bool = False, command: list
     out = Path(out)
     # ---------------------------------------------------------------- check every input
     spec = get_method(cfg.method)
-    check_loss_options(spec, cfg.loss)
+    if not spec.listed:
+        raise unknown_choice("method", cfg.method, available_methods())
+    cfg.resolve()
     if not cfg.model:
         raise UldError("no model given: pass --model PATH_OR_HUB_ID")
     if not cfg.data.source:
@@ -82,7 +76,7 @@ def unlearn(cfg: RunConfig, out: str | Path, resume: bool = False, command: list
     acc.wait_for_everyone()  # every rank has checked `out` before rank 0 creates it
 
     forget = load_split(cfg.data.source, cfg.data.forget)
-    needs_retain = "retain" in spec.needs or cfg.method == "uld"
+    needs_retain = "retain" in spec.needs
     if needs_retain and not cfg.data.retain:
         raise UldError(f"method {cfg.method!r} needs a retain split: pass --retain")
     retain = load_split(cfg.data.source, cfg.data.retain) if needs_retain else []
@@ -95,21 +89,15 @@ def unlearn(cfg: RunConfig, out: str | Path, resume: bool = False, command: list
     tokenizer = load_tokenizer(model_path)
     fmt = PromptFormat(cfg.data.template, cfg.data.answer_prefix, cfg.data.use_chat_template)
 
-    augmentation = None
-    if cfg.method == "uld":
-        a = cfg.augment
-        aug = augment_for_uld(forget, retain, a.source, a.file or None, a.num_paraphrases, a.num_distractors,
-                              a.allow_eval_fields, cfg.seed)
-        train_forget, train_retain, augmentation = aug.forget, aug.retain, aug.report
-    else:
-        train_forget, train_retain = forget, retain
+    train_forget, train_retain, alt, augmentation = forget, retain, None, None
+    if spec.prepare_data is not None:  # the method's augmentation / alternative answers
+        train_forget, train_retain, alt, augmentation = spec.prepare_data(forget, retain, cfg)
     enc = {
         "forget": encode_records(tokenizer, train_forget, fmt, cfg.data.max_length),
         "retain": encode_records(tokenizer, train_retain, fmt, cfg.data.max_length) if train_retain else None,
         "forget_eval": encode_records(tokenizer, forget, fmt, cfg.data.max_length),
     }
-    if "alt" in spec.needs:  # IdkPO: each forget question with a fixed refusal
-        alt = [{"question": r["question"], "answer": pick_refusal(r["question"], cfg.seed)} for r in train_forget]
+    if alt is not None:
         enc["alt"] = encode_records(tokenizer, alt, fmt, cfg.data.max_length)
     truncated = {k: v.truncated for k, v in enc.items() if v is not None}
     if any(truncated.values()) and acc.is_main_process:
@@ -139,7 +127,7 @@ def unlearn(cfg: RunConfig, out: str | Path, resume: bool = False, command: list
 
     # ---------------------------------------------------------------- train, then save
     torch.manual_seed(cfg.seed)  # the policy's initialisation (LoRA A matrices)
-    policy = build_policy(target, cfg, spec.needs, {**spec.defaults, **cfg.loss})
+    policy = build_policy(target, cfg, spec)
     data = TrainData(enc["forget"], enc["retain"], enc.get("alt"), enc["forget_eval"],
                      tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     t0 = time.time()
