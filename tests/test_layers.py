@@ -36,7 +36,6 @@ ALLOWED_UPWARD: dict[tuple[str, str], str] = {
 MAX_LINES = 400
 TOO_LONG_FOR_NOW: dict[str, int] = {
     "uld/models/uld_model.py": 600,  # being split into the models/uld/ package
-    "uld/train/loop.py": 540,  # checkpointing and logging being split out
 }
 """Modules allowed over `MAX_LINES` while they are being split, with their current ceiling."""
 
