@@ -411,3 +411,38 @@ def test_refusals_are_forty_distinct_sentences_picked_deterministically():
     assert picks == [pick_refusal(f"question {i}") for i in range(200)]
     assert len(set(picks)) > 30  # spread over the list, not one sentence
     assert [pick_refusal(i, seed=1) for i in range(20)] != [pick_refusal(i, seed=0) for i in range(20)]
+
+
+# ----------------------------------------------------------------------------- the documented example
+
+
+def test_the_documented_new_method_registers_trains_only_its_blocks_and_checks_its_options(monkeypatch):
+    """The worked example of docs/methods.md, run as written: one file is a whole method."""
+    from pathlib import Path
+
+    from uld.methods import base
+    from uld.testing import tiny_llama
+    from uld.train.config import make_config
+    from uld.train.policy import build_policy
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text(encoding="utf-8")
+    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    base._load_all()
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    import sys
+    import types
+
+    module = types.ModuleType("ga_last")
+    monkeypatch.setitem(sys.modules, "ga_last", module)
+    exec(compile(code, "ga_last.py", "exec"), module.__dict__)
+
+    spec = get_method("ga_last")
+    loss, logs = spec(make_inputs(), cap=0.5)
+    capped = [min(x, 0.5) for seq in naive_token_nlls(FORGET_LOGITS, FORGET_LABELS) for x in seq]
+    assert loss.item() == pytest.approx(-sum(capped) / len(capped), rel=1e-5)
+    with pytest.raises(UldError, match="option loss.cap expects a float, got 'abc'"):
+        make_config(method="ga_last", loss={"cap": "abc"})
+    cfg = make_config(method="ga_last", loss={"last_blocks": 1})
+    policy = build_policy(tiny_llama(vocab_size=32), cfg, spec)  # 4 decoder layers
+    trained = {n for n, p in policy.module.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith("model.layers.3.") for n in trained)
