@@ -300,8 +300,11 @@ def evaluate_muse(lm: TextLM, data: MuseData, reference: dict[str, dict] | None 
             **{s: {"value_by_index": {str(i): {"score": float(v)} for i, v in enumerate(scores[s])}} for s in scores},
         }
         ref = reference_auc(reference)
-        out["privleak"] = {"agg_value": muse_privleak(a, 0.5 if ref is None else ref),
-                           "reference": "retain model" if ref is not None else "default AUC 0.5 (no retain model log given)"}
+        if ref is not None and ref >= 1.0:  # (1 - AUC_ref) = 0: the relative change is undefined
+            out["privleak"] = {"agg_value": None, "unavailable": "the retain model's Min-K% AUC is 1, so the relative change is undefined"}
+        else:
+            out["privleak"] = {"agg_value": muse_privleak(a, 0.5 if ref is None else ref),
+                               "reference": "retain model" if ref is not None else "default AUC 0.5 (no retain model log given)"}
     return out
 
 

@@ -1,0 +1,314 @@
+"""The miniature copyrighted-text study: MUSE's table and the ULD paper's Table 3 columns.
+
+Stages (cached in `cache/`, each written atomically with a `stage.json` marker and reused):
+
+1. `data/`: the synthetic books (`uld.world.books.write_books`) in MUSE's layout, plus
+   `train/`: the training splits as records (`forget`, `retain`, `forget_augmented` = forget +
+   the paraphrased chapters, `general` = the world's general-knowledge sentences).
+2. `tokenizer/`: a byte-level BPE trained on the training texts.
+3. `target/`: a tiny Llama trained from scratch on forget + retain chapters + general sentences
+   until it memorises them; `retain/`: the same recipe without the forget chapters (MUSE's
+   retrained model).
+4. `eval-retain/`: the retain model's MUSE_EVAL.json, PrivLeak's reference AUC.
+
+Then each method unlearns the forget chapters from the target (`uld.train.run.unlearn`, one run
+per seed) and every model is evaluated with `uld.eval.muse` and `uld.eval.copyright`. A chapter
+is a record with an empty question and the chapter as its answer under the template
+"{question}", so training sees BOS + chapter + EOS: the sequence the evaluation scores.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from uld.errors import UldError
+from uld.io import atomic_dir, atomic_write_json, atomic_write_text
+from uld.world.books import BooksConfig, write_books
+
+METHODS = ("uld", "ga", "gd", "npo", "npo_gd", "simnpo", "rmu")
+STAGE_FILE = "stage.json"
+Log = Callable[[str], None]
+
+
+@dataclass
+class MuseStudyConfig:
+    """Every setting of the study; the defaults are the miniature (minutes on 2 CPU cores)."""
+
+    books: BooksConfig = field(default_factory=BooksConfig)
+    hidden: int = 128
+    layers: int = 4
+    intermediate: int = 384
+    heads: int = 4
+    vocab: int = 2048
+    train_epochs: int = 60
+    """Epochs for the target and the retain model (enough for the target to memorise the chapters)."""
+    train_lr: float = 3e-3
+    batch_size: int = 16
+    max_length: int = 192
+    verbmem_max_new_tokens: int = 48
+    """VerbMem generation length (MUSE: 128; the miniature's continuations are ~35 tokens)."""
+    knowmem_max_new_tokens: int = 16
+    prefix_tokens: int = 32
+    """Copyright protocol prompt length (paper: 200 of 512-token chunks; chapters here are ~100 tokens)."""
+    chunk_tokens: int = 96
+    completion_tokens: int = 48
+    seed: int = 0
+    recipes: dict[str, dict[str, Any]] = field(default_factory=lambda: {
+        "uld": {"lr": 3e-3, "epochs": 60, "batch_size": 4, "stop_forget_prob": 0.9, "num_layers": 2, "lora_rank": 0},
+        **{m: {"lr": 2e-4, "epochs": 10, "batch_size": 4} for m in ("ga", "gd", "npo", "npo_gd", "simnpo", "rmu")},
+    })
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _records(texts: list[str]) -> list[dict[str, str]]:
+    return [{"question": "", "answer": t} for t in texts]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def _general_sentences(seed: int) -> list[str]:
+    try:
+        from uld.world import WorldConfig, generate_world
+    except ImportError:  # pragma: no cover - the world's old home
+        from uld.bench.world import WorldConfig, generate_world
+    world = generate_world(WorldConfig(seed=seed))
+    # The sentences behind the multiple-choice tasks (capitals, languages): the general knowledge
+    # whose retention the accuracy column measures.
+    return [r["answer"] for r in world.splits["general"] if r["answer"].startswith(("The capital of ", "People in "))]
+
+
+def _data_config(cfg: MuseStudyConfig, run) -> None:
+    run.data.template, run.data.answer_prefix, run.data.use_chat_template = "{question}", "", False
+    run.data.max_length = cfg.max_length
+
+
+def _stage(path: Path, name: str, body: Callable[[Path], dict], log: Log) -> float:
+    if (path / STAGE_FILE).is_file():
+        log(f"muse study: {name}: reused {path}")
+        return 0.0
+    log(f"muse study: {name}: building {path}")
+    t0 = time.time()
+    with atomic_dir(path) as tmp:
+        info = body(tmp) or {}
+        (tmp / STAGE_FILE).write_text(json.dumps({"stage": name, "seconds": time.time() - t0, **info}, indent=2) + "\n")
+    return time.time() - t0
+
+
+def build_models(cache: Path, cfg: MuseStudyConfig, log: Log = print) -> dict[str, float]:
+    """Stages 1-4 (see the module docstring); returns each stage's seconds (0 when reused)."""
+    import torch
+
+    from uld.data.tokenizer import train_bpe_tokenizer
+    from uld.models.loading import load_tokenizer
+    from uld.train.config import RunConfig
+    from uld.train.loop import finetune
+
+    try:
+        from uld.studies.pipeline import miniature_llama
+    except ImportError:  # pragma: no cover - the pipeline's old home
+        from uld.bench.pipeline import miniature_llama
+
+    cache.mkdir(parents=True, exist_ok=True)
+    settings = cache / "study.json"
+    wanted = json.loads(json.dumps(cfg.to_dict()))
+    wanted.pop("recipes")
+    if settings.is_file() and json.loads(settings.read_text(encoding="utf-8")) != wanted:
+        raise UldError(f"the cache {cache} was built with other settings; choose another --cache or delete it")
+    atomic_write_json(settings, wanted)
+    secs: dict[str, float] = {}
+    data = cache / "data"
+
+    def make_data(tmp: Path) -> dict:
+        write_books(tmp / "books", cfg.books)
+        b = tmp / "books"
+        read = lambda rel: json.loads((b / rel).read_text(encoding="utf-8"))  # noqa: E731
+        forget, retain = read("raw/forget.json"), read("raw/retain1.json") + read("raw/retain2.json")
+        _write_jsonl(tmp / "train" / "forget.jsonl", _records(forget))
+        _write_jsonl(tmp / "train" / "retain.jsonl", _records(retain))
+        _write_jsonl(tmp / "train" / "forget_augmented.jsonl", _records(forget + read("augment/forget_paraphrased.json")))
+        _write_jsonl(tmp / "train" / "general.jsonl", _records(_general_sentences(cfg.books.seed)))
+        return {"forget_docs": len(forget), "retain_docs": len(retain)}
+
+    secs["data"] = _stage(data, "data", make_data, log)
+    train = data / "train"
+
+    def texts(split: str) -> list[str]:
+        return [json.loads(x)["answer"] for x in (train / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+    def make_tok(tmp: Path) -> dict:
+        all_texts = texts("forget") + texts("retain") + texts("general") + texts("forget_augmented")
+        train_bpe_tokenizer(all_texts, cfg.vocab).save_pretrained(tmp)
+        return {}
+
+    secs["tokenizer"] = _stage(cache / "tokenizer", "tokenizer", make_tok, log)
+
+    def trained(splits: tuple[str, ...]) -> Callable[[Path], dict]:
+        def body(tmp: Path) -> dict:
+            tok = load_tokenizer(str(cache / "tokenizer"))
+            torch.manual_seed(cfg.seed)
+            model = miniature_llama(tok, cfg.hidden, cfg.layers, cfg.intermediate, cfg.heads, max(256, cfg.max_length))
+            run = RunConfig(method="sft", seed=cfg.seed)
+            run.train.epochs, run.train.lr, run.train.batch_size = cfg.train_epochs, cfg.train_lr, cfg.batch_size
+            _data_config(cfg, run)
+            records = _records([t for s in splits for t in texts(s)])
+            r = finetune(model, tok, records, run.resolve())
+            r.module.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            return {"records": len(records), "params": sum(p.numel() for p in model.parameters()), "history": r.history[-1:]}
+        return body
+
+    secs["target"] = _stage(cache / "target", "target", trained(("forget", "retain", "general")), log)
+    secs["retain"] = _stage(cache / "retain", "retain", trained(("retain", "general")), log)
+
+    def ref(tmp: Path) -> dict:
+        evaluate_text_model(cache / "retain", data / "books", tmp, None, cfg)
+        return {}
+
+    secs["eval-retain"] = _stage(cache / "eval-retain", "retain model's MUSE log", ref, log)
+    return secs
+
+
+def evaluate_text_model(model_dir: Path, books: Path, out: Path, reference: Path | None, cfg: MuseStudyConfig,
+                        batch_size: int = 16) -> dict[str, float]:
+    """MUSE + copyright evaluation of one model directory into `out`; returns both summaries."""
+    from uld.eval.copyright import (
+        CopyrightConfig,
+        evaluate_copyright,
+        load_copyright_data,
+        write_copyright_results,
+    )
+    from uld.eval.muse import (
+        MuseConfig,
+        evaluate_muse,
+        load_muse_data,
+        read_muse_log,
+        write_muse_results,
+    )
+    from uld.eval.textlm import HFTextLM
+    from uld.models.loading import load_model
+
+    lm_model, tok = load_model(str(model_dir), device="cpu")
+    lm = HFTextLM(lm_model, tok, batch_size=batch_size, max_length=cfg.max_length)
+    ref = read_muse_log(reference) if reference else None
+    m = evaluate_muse(lm, load_muse_data(books), ref, MuseConfig(cfg.verbmem_max_new_tokens, cfg.knowmem_max_new_tokens))
+    s = write_muse_results(out, m)
+    c = evaluate_copyright(lm, load_copyright_data(books),
+                           CopyrightConfig(cfg.prefix_tokens, cfg.chunk_tokens, cfg.completion_tokens, None))
+    s.update(write_copyright_results(out, c))
+    return s
+
+
+def unlearn_books(method: str, recipe: dict[str, Any], cache: Path, out: Path, seed: int, cfg: MuseStudyConfig) -> Path:
+    """One `uld unlearn` run of the forget chapters from the target."""
+    from uld.train.config import RunConfig
+    from uld.train.run import unlearn
+
+    run = RunConfig(model=str(cache / "target"), method=method, seed=seed)
+    run.data.source, run.data.forget, run.data.retain = str(cache / "data" / "train"), "forget", "retain"
+    _data_config(cfg, run)
+    run.train.lr, run.train.epochs, run.train.batch_size = recipe["lr"], recipe["epochs"], recipe["batch_size"]
+    run.train.stop_forget_prob = recipe.get("stop_forget_prob")
+    if method == "uld":
+        # ULD's augmentation for text: D'_f = forget chapters + their paraphrased retellings.
+        run.data.forget = "forget_augmented"
+        run.augment.source = "none"
+        run.policy.num_layers, run.policy.lora_rank = recipe["num_layers"], recipe["lora_rank"]
+    run.resolve()
+    return unlearn(run, out)
+
+
+COLUMNS = (
+    ("forget_verbmem_ROUGE", "VerbMem forget ↓"), ("forget_knowmem_ROUGE", "KnowMem forget ↓"),
+    ("retain_knowmem_ROUGE", "KnowMem retain ↑"), ("privleak", "PrivLeak →0"),
+    ("copyright_BLEU", "BLEU ↓"), ("copyright_ROUGE_L", "ROUGE-L ↓"), ("heldout_word_perplexity", "PPL ↓"),
+    ("mc_mean_acc", "Acc ↑"), ("train_seconds", "train s"),
+)
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float | None]:
+    keys = {k for r in rows for k in r}
+    return {k: (statistics.fmean([r[k] for r in rows]) if all(r.get(k) is not None for r in rows) else None) for k in keys}
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def report_markdown(results: dict[str, dict], spread: dict[str, dict], seeds: int, total: float, cfg: MuseStudyConfig) -> str:
+    head = "| model | " + " | ".join(c for _, c in COLUMNS) + " |"
+    lines = ["# uld study muse: the miniature copyrighted-text study", "",
+             f"Means over {seeds} unlearning seed(s); ± = standard deviation over seeds.", "", head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, r in results.items():
+        cells = []
+        for k, _ in COLUMNS:
+            sd = spread.get(name, {}).get(k)
+            cells.append(_fmt(r.get(k)) + (f" ± {_fmt(sd)}" if sd is not None else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    b = cfg.books
+    lines += ["", "## Settings", "",
+              f"- Books: {b.forget_books} forget, {b.retain_books} retain, {b.holdout_books} holdout, {b.chapters} chapters each (seed {b.seed}).",
+              f"- Model: Llama hidden {cfg.hidden}, {cfg.layers} layers, vocab {cfg.vocab}; target and retain model trained from scratch "
+              f"{cfg.train_epochs} epochs, lr {cfg.train_lr}.",
+              f"- VerbMem {cfg.verbmem_max_new_tokens} new tokens, KnowMem {cfg.knowmem_max_new_tokens}; copyright prefix {cfg.prefix_tokens} "
+              f"tokens of {cfg.chunk_tokens}-token chunks, {cfg.completion_tokens} new tokens.",
+              *(f"- {m}: " + ", ".join(f"{k} {v}" for k, v in r.items()) for m, r in cfg.recipes.items()),
+              f"- Total wall time: {total:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def run_muse_study(out: Path, cache: Path, seeds: int = 1, methods: tuple[str, ...] = METHODS,
+                   cfg: MuseStudyConfig | None = None, log: Log = print) -> dict[str, dict]:
+    """Build (or reuse) the models, unlearn with every method and seed, evaluate, write
+    `results.json` and `REPORT.md` into `out`; returns the mean row per model."""
+    import shutil
+    import tempfile
+
+    if seeds < 1:
+        raise UldError(f"--seeds must be at least 1, got {seeds}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UldError(f"unknown method {unknown[0]!r} for the muse study; available: {', '.join(METHODS)}")
+    if out.exists() and not out.is_dir():
+        raise UldError(f"--out {str(out)!r} is a file; give a directory")
+    cfg = cfg or MuseStudyConfig()
+    t0 = time.time()
+    stage_secs = build_models(cache, cfg, log)
+    books, ref = cache / "data" / "books", cache / "eval-retain"
+    work = Path(tempfile.mkdtemp(prefix=".muse-study-", dir=cache))
+    results: dict[str, dict] = {}
+    spread: dict[str, dict] = {}
+    per_seed: dict[str, list[dict]] = {}
+    try:
+        for name in ("target", "retain"):
+            log(f"muse study: evaluating {name}")
+            results[name] = evaluate_text_model(cache / name, books, work / f"eval-{name}", ref, cfg)
+        for method in methods:
+            rows = per_seed[method] = []
+            for seed in range(seeds):
+                log(f"muse study: {method} seed {seed}")
+                t = time.time()
+                run = unlearn_books(method, cfg.recipes[method], cache, work / f"{method}-{seed}", seed, cfg)
+                secs = time.time() - t
+                rows.append({**evaluate_text_model(run, books, work / f"eval-{method}-{seed}", ref, cfg), "train_seconds": secs})
+            results[method] = _mean(rows)
+            if seeds > 1:
+                spread[method] = {k: statistics.stdev([r[k] for r in rows]) for k in rows[0]}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    total = time.time() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", {"results": results, "per_seed": per_seed, "std": spread, "seeds": seeds,
+                                             "settings": cfg.to_dict(), "stage_seconds": stage_secs, "total_seconds": round(total, 1)})
+    atomic_write_text(out / "REPORT.md", report_markdown(results, spread, seeds, total, cfg))
+    return results
