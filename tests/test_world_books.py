@@ -43,12 +43,8 @@ def test_chapters_state_the_facts_their_questions_ask_and_verbmem_continues_the_
 
 
 def test_places_come_from_the_synthetic_world():
-    from uld.eval.muse import _texts  # noqa: F401  (import check only)
+    from uld.world import WorldConfig, generate_world
 
-    try:
-        from uld.world import WorldConfig, generate_world
-    except ImportError:
-        from uld.bench.world import WorldConfig, generate_world
     world = generate_world(WorldConfig(seed=0))
     cities = {x for c in world.countries for x in c["cities"]}
     for b in generate_books(SMALL).books["forget"]:

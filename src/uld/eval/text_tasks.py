@@ -56,12 +56,7 @@ def evaluate_text_task(task: str, model: str, data: str, out: str | Path, refere
     import torch
 
     from uld.eval.textlm import HFTextLM
-    from uld.models.loading import load_model
-
-    try:
-        from uld.eval.run import resolve_model_path
-    except ImportError:  # pragma: no cover - older tree
-        from uld.cli.eval import resolve_model_path
+    from uld.models.loading import load_model, resolve_model_path
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     lm_model, tok = load_model(resolve_model_path(model), device=device)

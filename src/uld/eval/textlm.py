@@ -20,6 +20,7 @@ the left, so an item's values do not depend on the items that share its batch.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -51,6 +52,15 @@ def cut_at_stops(text: str, stop: Sequence[str]) -> str:
     return text
 
 
+def _accepts(fn, name: str) -> bool:
+    """Whether `fn` takes a keyword `name` (or **kwargs)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def _batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -66,8 +76,6 @@ class HFTextLM:
 
     def __init__(self, model, tokenizer, batch_size: int = 8, max_length: int = 2048, device: str | None = None):
         import torch
-
-        from uld.eval.scoring import _accepts
 
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")

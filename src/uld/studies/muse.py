@@ -78,10 +78,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def _general_sentences(seed: int) -> list[str]:
-    try:
-        from uld.world import WorldConfig, generate_world
-    except ImportError:  # pragma: no cover - the world's old home
-        from uld.bench.world import WorldConfig, generate_world
+    from uld.world import WorldConfig, generate_world
+
     world = generate_world(WorldConfig(seed=seed))
     # The sentences behind the multiple-choice tasks (capitals, languages): the general knowledge
     # whose retention the accuracy column measures.
@@ -111,13 +109,9 @@ def build_models(cache: Path, cfg: MuseStudyConfig, log: Log = print) -> dict[st
 
     from uld.data.tokenizer import train_bpe_tokenizer
     from uld.models.loading import load_tokenizer
+    from uld.models.miniature import miniature_llama
     from uld.train.config import RunConfig
     from uld.train.loop import finetune
-
-    try:
-        from uld.studies.pipeline import miniature_llama
-    except ImportError:  # pragma: no cover - the pipeline's old home
-        from uld.bench.pipeline import miniature_llama
 
     cache.mkdir(parents=True, exist_ok=True)
     settings = cache / "study.json"

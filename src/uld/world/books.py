@@ -34,13 +34,9 @@ from typing import Any
 
 from uld.errors import UldError
 from uld.io import atomic_dir
-
-try:  # the world generator's new home; its old one until that move lands
-    from uld.world import WorldConfig, generate_world
-    from uld.world import vocab as V
-except ImportError:  # pragma: no cover - depends on the tree's layout
-    from uld.bench import world_vocab as V  # type: ignore[no-redef]
-    from uld.bench.world import WorldConfig, generate_world  # type: ignore[no-redef]
+from uld.world import vocab as V
+from uld.world.config import WorldConfig
+from uld.world.generate import generate_world
 
 OBJECTS = ("compass", "lantern", "key", "map", "violin", "mirror", "bell", "clock", "feather", "ring", "letter", "crown")
 MATERIALS = ("silver", "copper", "glass", "oak", "iron", "ivory", "brass", "amber")
