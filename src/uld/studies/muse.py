@@ -3,8 +3,9 @@
 Stages (cached in `cache/`, each written atomically with a `stage.json` marker and reused):
 
 1. `data/`: the synthetic books (`uld.world.books.write_books`) in MUSE's layout, plus
-   `train/`: the training splits as records (`forget`, `retain`, `forget_augmented` = forget +
-   the paraphrased chapters, `general` = the world's general-knowledge sentences).
+   `train/`: the training splits as records (`forget` = forget chapters + their facts as QA
+   documents in other words than KnowMem's, `retain` likewise, `forget_augmented` = forget + the
+   paraphrased chapters, `general` = the world's general-knowledge sentences).
 2. `tokenizer/`: a byte-level BPE trained on the training texts.
 3. `target/`: a tiny Llama trained from scratch on forget + retain chapters + general sentences
    until it memorises them; `retain/`: the same recipe without the forget chapters (MUSE's
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from uld.errors import UldError
+from uld.eval.muse import knowmem_prompt
 from uld.io import atomic_dir, atomic_write_json, atomic_write_text
 from uld.world.books import BooksConfig, write_books
 
@@ -46,21 +48,23 @@ class MuseStudyConfig:
     intermediate: int = 384
     heads: int = 4
     vocab: int = 2048
-    train_epochs: int = 60
+    train_epochs: int = 40
     """Epochs for the target and the retain model (enough for the target to memorise the chapters)."""
     train_lr: float = 3e-3
     batch_size: int = 16
     max_length: int = 192
-    verbmem_max_new_tokens: int = 48
-    """VerbMem generation length (MUSE: 128; the miniature's continuations are ~35 tokens)."""
+    verbmem_max_new_tokens: int = 32
+    """VerbMem generation length and reference cut (MUSE: 128; the miniature's continuations are ~35 tokens)."""
     knowmem_max_new_tokens: int = 16
     prefix_tokens: int = 32
     """Copyright protocol prompt length (paper: 200 of 512-token chunks; chapters here are ~100 tokens)."""
     chunk_tokens: int = 96
     completion_tokens: int = 48
     seed: int = 0
+    uld_weights: tuple[float, ...] = (0.75, 1.5)
+    """ULD is evaluated at each assistant weight α (the first, the paper's 0.75, is the reference row)."""
     recipes: dict[str, dict[str, Any]] = field(default_factory=lambda: {
-        "uld": {"lr": 3e-3, "epochs": 60, "batch_size": 4, "stop_forget_prob": 0.9, "num_layers": 2, "lora_rank": 0},
+        "uld": {"lr": 3e-3, "epochs": 40, "batch_size": 4, "stop_forget_prob": 0.9, "num_layers": 2, "lora_rank": 0},
         **{m: {"lr": 2e-4, "epochs": 10, "batch_size": 4} for m in ("ga", "gd", "npo", "npo_gd", "simnpo", "rmu")},
     })
 
@@ -127,21 +131,33 @@ def build_models(cache: Path, cfg: MuseStudyConfig, log: Log = print) -> dict[st
         write_books(tmp / "books", cfg.books)
         b = tmp / "books"
         read = lambda rel: json.loads((b / rel).read_text(encoding="utf-8"))  # noqa: E731
-        forget, retain = read("raw/forget.json"), read("raw/retain1.json") + read("raw/retain2.json")
-        _write_jsonl(tmp / "train" / "forget.jsonl", _records(forget))
-        _write_jsonl(tmp / "train" / "retain.jsonl", _records(retain))
-        _write_jsonl(tmp / "train" / "forget_augmented.jsonl", _records(forget + read("augment/forget_paraphrased.json")))
+        # QA documents: the prompt "Question: q\nAnswer: " and the answer are tokenised apart (as
+        # KnowMem's prompt is: a byte-level BPE keeps the trailing space as its own token there).
+        qa = {k: [{"question": knowmem_prompt(q["question"]), "answer": q["answer"]} for q in read(f"train_qa/{k}.json")]
+              for k in ("forget", "retain")}
+        forget = _records(read("raw/forget.json")) + qa["forget"]
+        retain = _records(read("raw/retain1.json") + read("raw/retain2.json")) + qa["retain"]
+        _write_jsonl(tmp / "train" / "forget.jsonl", forget)
+        _write_jsonl(tmp / "train" / "retain.jsonl", retain)
+        _write_jsonl(tmp / "train" / "forget_augmented.jsonl", forget + _records(read("augment/forget_paraphrased.json")))
         _write_jsonl(tmp / "train" / "general.jsonl", _records(_general_sentences(cfg.books.seed)))
         return {"forget_docs": len(forget), "retain_docs": len(retain)}
 
     secs["data"] = _stage(data, "data", make_data, log)
     train = data / "train"
 
+    def rows(split: str) -> list[dict[str, str]]:
+        return [json.loads(x) for x in (train / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+
     def texts(split: str) -> list[str]:
-        return [json.loads(x)["answer"] for x in (train / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+        return [r["question"] + r["answer"] for r in rows(split)]
 
     def make_tok(tmp: Path) -> dict:
-        all_texts = texts("forget") + texts("retain") + texts("general") + texts("forget_augmented")
+        # Every text the evaluation reads too (holdout chapters, held-out prose): a tokenizer that
+        # never saw the holdout books would split them into rarer pieces and bias the Min-K% AUC.
+        books = data / "books"
+        extra = [t for rel in ("raw/holdout.json", "copyright/ppl.json") for t in json.loads((books / rel).read_text(encoding="utf-8"))]
+        all_texts = texts("forget") + texts("retain") + texts("general") + texts("forget_augmented") + extra
         train_bpe_tokenizer(all_texts, cfg.vocab).save_pretrained(tmp)
         return {}
 
@@ -155,7 +171,7 @@ def build_models(cache: Path, cfg: MuseStudyConfig, log: Log = print) -> dict[st
             run = RunConfig(method="sft", seed=cfg.seed)
             run.train.epochs, run.train.lr, run.train.batch_size = cfg.train_epochs, cfg.train_lr, cfg.batch_size
             _data_config(cfg, run)
-            records = _records([t for s in splits for t in texts(s)])
+            records = [r for s in splits for r in rows(s)]
             r = finetune(model, tok, records, run.resolve())
             r.module.save_pretrained(tmp)
             tok.save_pretrained(tmp)
@@ -174,8 +190,9 @@ def build_models(cache: Path, cfg: MuseStudyConfig, log: Log = print) -> dict[st
 
 
 def evaluate_text_model(model_dir: Path, books: Path, out: Path, reference: Path | None, cfg: MuseStudyConfig,
-                        batch_size: int = 16) -> dict[str, float]:
-    """MUSE + copyright evaluation of one model directory into `out`; returns both summaries."""
+                        batch_size: int = 16, assistant_weight: float | None = None) -> dict[str, float]:
+    """MUSE + copyright evaluation of one model directory into `out` (a ULD model at
+    `assistant_weight` when given); returns both summaries."""
     from uld.eval.copyright import (
         CopyrightConfig,
         evaluate_copyright,
@@ -193,6 +210,8 @@ def evaluate_text_model(model_dir: Path, books: Path, out: Path, reference: Path
     from uld.models.loading import load_model
 
     lm_model, tok = load_model(str(model_dir), device="cpu")
+    if assistant_weight is not None:
+        setattr(lm_model, "assistant_weight" if hasattr(lm_model, "assistant_weight") else "alpha", assistant_weight)
     lm = HFTextLM(lm_model, tok, batch_size=batch_size, max_length=cfg.max_length)
     ref = read_muse_log(reference) if reference else None
     m = evaluate_muse(lm, load_muse_data(books), ref, MuseConfig(cfg.verbmem_max_new_tokens, cfg.knowmem_max_new_tokens))
@@ -288,16 +307,23 @@ def run_muse_study(out: Path, cache: Path, seeds: int = 1, methods: tuple[str, .
             log(f"muse study: evaluating {name}")
             results[name] = evaluate_text_model(cache / name, books, work / f"eval-{name}", ref, cfg)
         for method in methods:
-            rows = per_seed[method] = []
+            weights = cfg.uld_weights if method == "uld" else (None,)
+            names = [method if i == 0 else f"{method} α={w}" for i, w in enumerate(weights)]
+            for name in names:
+                per_seed[name] = []
             for seed in range(seeds):
                 log(f"muse study: {method} seed {seed}")
                 t = time.time()
                 run = unlearn_books(method, cfg.recipes[method], cache, work / f"{method}-{seed}", seed, cfg)
                 secs = time.time() - t
-                rows.append({**evaluate_text_model(run, books, work / f"eval-{method}-{seed}", ref, cfg), "train_seconds": secs})
-            results[method] = _mean(rows)
-            if seeds > 1:
-                spread[method] = {k: statistics.stdev([r[k] for r in rows]) for k in rows[0]}
+                for name, w in zip(names, weights, strict=True):
+                    row = evaluate_text_model(run, books, work / f"eval-{name}-{seed}", ref, cfg, assistant_weight=w)
+                    per_seed[name].append({**row, "train_seconds": secs})
+            for name in names:
+                rows = per_seed[name]
+                results[name] = _mean(rows)
+                if seeds > 1:
+                    spread[name] = {k: statistics.stdev([r[k] for r in rows]) for k in rows[0] if all(k in r for r in rows)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     total = time.time() - t0

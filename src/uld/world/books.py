@@ -14,7 +14,8 @@ muse_bench itself) reads it as it reads MUSE-News:
     knowmem/{forget,retain}_qa.json, *_qa_icl.json       [{"question", "answer"}] about the books
     privleak/{forget,retain,holdout}.json                chapters (members / non-members)
 
-plus the copyright task's files (`copyright/ppl.json`: held-out prose about the world's
+plus `train_qa/{forget,retain}.json` (the books' facts asked in other words than KnowMem's, for
+training the models on the QA format), the copyright task's files (`copyright/ppl.json`: held-out prose about the world's
 countries; `copyright/mc/*.json`: multiple-choice questions on its general knowledge) and ULD's
 training augmentation `augment/forget_paraphrased.json`: each forget chapter retold twice with
 other sentences (the paper's paraphrased passages). `check_no_leak` (run by the generator, and by
@@ -143,6 +144,19 @@ _QUESTIONS = {
     "material": "In the book {title}, what is the {object} made of?",
 }
 
+# The same facts asked in other words: the QA the target and retain model are trained on (so that
+# they learn the "Question: ... Answer:" format), never the evaluation's wording.
+_TRAIN_QUESTIONS = {
+    "home": "Where is the home of {hero}, the hero of {title}?",
+    "trade": "How does {hero} earn a living in {title}?",
+    "year": "When does the stranger come to {hero} in {title}?",
+    "companion": "Name the companion of {hero} in {title}.",
+    "pet": "What is the {animal} of {hero} called in {title}?",
+    "destination": "Which city is the goal of the journey in {title}?",
+    "rival": "Who waits for {hero} at the end of the road in {title}?",
+    "material": "Of what material is the {object} in {title}?",
+}
+
 
 def _person(rng: random.Random, used: set[str]) -> tuple[str, str]:
     for _ in range(10_000):
@@ -205,9 +219,9 @@ def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
-def _qa(book: Book) -> list[dict[str, str]]:
+def _qa(book: Book, questions: dict[str, str] = _QUESTIONS) -> list[dict[str, str]]:
     f = book.facts
-    return [{"question": q.format(**f), "answer": f[k]} for k, q in _QUESTIONS.items()]
+    return [{"question": q.format(**f), "answer": f[k]} for k, q in questions.items()]
 
 
 def _verbmem(book: Book, cfg: BooksConfig) -> list[dict[str, str]]:
@@ -279,12 +293,15 @@ def generate_books(config: BooksConfig | None = None) -> Books:
         "privleak/forget.json": docs(forget), "privleak/retain.json": docs(retain[half:]),
         "privleak/holdout.json": docs(holdout),
         "augment/forget_paraphrased.json": augment,
+        "train_qa/forget.json": [q for b in forget for q in _qa(b, _TRAIN_QUESTIONS)],
+        "train_qa/retain.json": [q for b in retain for q in _qa(b, _TRAIN_QUESTIONS)],
         "copyright/ppl.json": _gazetteer(world),
         "copyright/mc/world_capitals.json": _mc(world, "capital", random.Random(f"uld-books/{cfg.seed}/mc1")),
         "copyright/mc/world_languages.json": _mc(world, "language", random.Random(f"uld-books/{cfg.seed}/mc2")),
     }
     evals = [v["prompt"] for v in verbmem] + [v["gt"] for v in verbmem] + [q["question"] for q in kf]
-    leaks = check_no_leak(evals, augment)
+    train_q = [q["question"] for rel in ("train_qa/forget.json", "train_qa/retain.json") for q in files[rel]]
+    leaks = check_no_leak(evals, augment) + check_no_leak([q["question"] for q in kf + kr], train_q)
     if leaks:
         raise UldError(f"the training augmentation repeats evaluation text: {leaks[0]!r}")
     return Books(cfg, files, {"forget": forget, "retain": retain, "holdout": holdout})
