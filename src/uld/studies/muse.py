@@ -281,9 +281,12 @@ def report_markdown(results: dict[str, dict], spread: dict[str, dict], seeds: in
 
 
 def run_muse_study(out: Path, cache: Path, seeds: int = 1, methods: tuple[str, ...] = METHODS,
-                   cfg: MuseStudyConfig | None = None, log: Log = print) -> dict[str, dict]:
+                   cfg: MuseStudyConfig | None = None, log: Log = print, reference_rows: bool = True,
+                   first_seed: int = 0) -> dict[str, dict]:
     """Build (or reuse) the models, unlearn with every method and seed, evaluate, write
-    `results.json` and `REPORT.md` into `out`; returns the mean row per model."""
+    `results.json` and `REPORT.md` into `out`; returns the mean row per model (`reference_rows`:
+    also evaluate the target and the retain model, the table's first two rows; `first_seed`: the
+    seeds are first_seed, first_seed + 1, ..., so that several processes can share the work)."""
     import shutil
     import tempfile
 
@@ -303,7 +306,7 @@ def run_muse_study(out: Path, cache: Path, seeds: int = 1, methods: tuple[str, .
     spread: dict[str, dict] = {}
     per_seed: dict[str, list[dict]] = {}
     try:
-        for name in ("target", "retain"):
+        for name in ("target", "retain") if reference_rows else ():
             log(f"muse study: evaluating {name}")
             results[name] = evaluate_text_model(cache / name, books, work / f"eval-{name}", ref, cfg)
         for method in methods:
@@ -311,7 +314,7 @@ def run_muse_study(out: Path, cache: Path, seeds: int = 1, methods: tuple[str, .
             names = [method if i == 0 else f"{method} α={w}" for i, w in enumerate(weights)]
             for name in names:
                 per_seed[name] = []
-            for seed in range(seeds):
+            for seed in range(first_seed, first_seed + seeds):
                 log(f"muse study: {method} seed {seed}")
                 t = time.time()
                 run = unlearn_books(method, cfg.recipes[method], cache, work / f"{method}-{seed}", seed, cfg)
