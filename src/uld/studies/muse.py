@@ -65,7 +65,9 @@ class MuseStudyConfig:
     """ULD is evaluated at each assistant weight α (the first, the paper's 0.75, is the reference row)."""
     recipes: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         "uld": {"lr": 3e-3, "epochs": 40, "batch_size": 4, "stop_forget_prob": 0.9, "num_layers": 2, "lora_rank": 0},
-        **{m: {"lr": 2e-4, "epochs": 10, "batch_size": 4} for m in ("ga", "gd", "npo", "npo_gd", "simnpo", "rmu")},
+        **{m: {"lr": 2e-4, "epochs": 10, "batch_size": 4} for m in ("ga", "gd", "npo", "npo_gd", "simnpo")},
+        # RMU's layers scaled to 4 blocks (paper: steer block 7 of 32, update blocks 5-7).
+        "rmu": {"lr": 2e-4, "epochs": 10, "batch_size": 4, "loss": {"layer": 2, "update_layers": [0, 1, 2]}},
     })
 
     def to_dict(self) -> dict[str, Any]:
@@ -232,6 +234,7 @@ def unlearn_books(method: str, recipe: dict[str, Any], cache: Path, out: Path, s
     _data_config(cfg, run)
     run.train.lr, run.train.epochs, run.train.batch_size = recipe["lr"], recipe["epochs"], recipe["batch_size"]
     run.train.stop_forget_prob = recipe.get("stop_forget_prob")
+    run.loss = dict(recipe.get("loss", {}))
     if method == "uld":
         # ULD's augmentation for text: D'_f = forget chapters + their paraphrased retellings.
         run.data.forget = "forget_augmented"
