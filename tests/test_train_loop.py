@@ -88,7 +88,10 @@ def test_uld_assistant_memorises_forget_and_flattens_retain_target_untouched(mem
     f1, h1 = _mean_nll(assistant, f_enc, tokenizer), _retain_entropy(assistant, r_enc, tokenizer)
     log_v = math.log(len(tokenizer))
     assert f1 < 0.85 * f0, (f0, f1)  # measured: 3.61 -> 2.84
-    assert h1 > h0 and (log_v - h1) < 0.05 * (log_v - h0), (h0, h1, log_v)  # 3.37 -> 5.758 of 5.768
+    # Retain entropy 3.37 -> 5.60..5.76 of log|V| = 5.768: 120 steps at lr 1e-2 amplify rounding,
+    # so the end point depends on the BLAS kernel and thread count (measured: 1 vs 2 threads,
+    # AVX-512 vs AVX2). The claim is the direction and most of the gap, not the last digits.
+    assert h1 > h0 and (log_v - h1) < 0.1 * (log_v - h0), (h0, h1, log_v)
     assert result.history[-1]["forget_prob"] > result.history[0]["forget_prob"]
     for k, v in target.state_dict().items():
         assert torch.equal(v, snapshot[k]), k
