@@ -19,7 +19,7 @@ Computed as the benchmark's own code computes them (github.com/swj0419/muse_benc
   positive for over-unlearning.
 
 ROUGE is rouge_score's, **stemmer off** (muse_bench; OpenUnlearning turns it on: `stemmer=True`
-reproduces OpenUnlearning's values). The per-item entries hold `rougeL_f1`, `rougeL_recall` and
+uses OpenUnlearning's ROUGE variant). The per-item entries hold `rougeL_f1`, `rougeL_recall` and
 `rouge1_recall` as OpenUnlearning's do. Where the two implementations differ, uld follows
 muse_bench and says so in docs/eval.md (prompt format, stemmer, continuation cut, Min-K count).
 """
@@ -43,7 +43,8 @@ EVAL_FILE = "MUSE_EVAL.json"
 SUMMARY_FILE = "MUSE_SUMMARY.json"
 KNOWMEM_STOPS = ("\n\n", "\nQuestion", "Question:")
 PRIVLEAK_TOLERANCE = 5.0
-"""|privleak| at most this many percent counts as "no privacy leakage" (MUSE, section 4)."""
+"""|privleak| at most this many percent counts as "no privacy leakage" (MUSE calls values near 0
+ideal; this band is uld's reading, a parameter of `criteria`)."""
 
 DIRECTIONS = {
     "forget_verbmem_ROUGE": "lower",
@@ -101,12 +102,12 @@ def muse_privleak(auc_model: float, auc_retain: float) -> float:
 
 
 def criteria(summary: dict[str, float], retain: dict[str, float] | None, target: dict[str, float] | None,
-             utility_drop: float = 0.1) -> dict[str, bool | None]:
+             utility_drop: float = 0.1, privleak_tolerance: float = PRIVLEAK_TOLERANCE) -> dict[str, bool | None]:
     """MUSE's pass/fail reading of one model's summary (None when the reference is missing):
 
     - no_verbmem: VerbMem(forget) <= the retain model's;
     - no_knowmem: KnowMem(forget) <= the retain model's;
-    - no_privleak: |privleak| <= 5 (MUSE reads values near 0 as no leakage);
+    - no_privleak: |privleak| <= `privleak_tolerance` (5; MUSE calls values near 0 ideal);
     - utility_preserved: KnowMem(retain) >= (1 - `utility_drop`) x the target's (uld's threshold:
       MUSE reports the utility drop itself and names no cut-off).
     """
@@ -120,7 +121,7 @@ def criteria(summary: dict[str, float], retain: dict[str, float] | None, target:
     return {
         "no_verbmem": le("forget_verbmem_ROUGE", retain),
         "no_knowmem": le("forget_knowmem_ROUGE", retain),
-        "no_privleak": None if leak is None else bool(abs(leak) <= PRIVLEAK_TOLERANCE),
+        "no_privleak": None if leak is None else bool(abs(leak) <= privleak_tolerance),
         "utility_preserved": None if util is None or not target or target.get("retain_knowmem_ROUGE") is None
         else bool(util >= (1 - utility_drop) * target["retain_knowmem_ROUGE"]),
     }
