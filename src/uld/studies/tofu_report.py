@@ -1,0 +1,100 @@
+"""The real-model TOFU study's outputs: one summary row per model, REPORT.md, the FQ-vs-MU plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from uld.studies.demo import fmt, row_summary
+
+COLUMNS = (("forget_quality", "FQ"), ("log10_forget_quality", "log10 FQ"), ("model_utility", "MU"),
+           ("forget_rouge", "forget ROUGE"), ("retain_rouge", "retain ROUGE"), ("ra_rouge", "real-author ROUGE"),
+           ("wf_rouge", "world-fact ROUGE"), ("forget_prob", "forget prob"), ("retain_prob", "retain prob"),
+           ("forget_truth_ratio_median", "forget TR median"), ("train_seconds", "train s"),
+           ("train_forget_prob", "policy forget prob"))
+
+
+def summary(metrics: dict[str, dict], seconds: float | None, final: dict | None = None) -> dict[str, Any]:
+    """The numbers the study reports for one model; `final` is the run's last epoch line."""
+    row = row_summary(metrics, seconds)
+
+    def agg(name: str) -> float | None:
+        v = metrics.get(name, {}).get("agg_value")
+        return float(v) if isinstance(v, int | float) else None
+
+    row.update(ra_rouge=agg("ra_Q_A_ROUGE"), wf_rouge=agg("wf_Q_A_ROUGE"), retain_prob=agg("retain_Q_A_Prob"),
+               train_forget_prob=(final or {}).get("forget_prob"))
+    return row
+
+
+def report_markdown(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    st = s["study"]
+    head = "| model | " + " | ".join(c for _, c in COLUMNS) + " |"
+    lines = [f"# uld study tofu: {Path(s['model']).name}", "",
+             f"Real TOFU data ({s['data']}): {st['retain_authors']} retain + {st['forget_authors']} forget author(s), "
+             f"{st['qa_per_author']} QA each; {s['seeds']} unlearning seed(s) (means shown).", "",
+             head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, r in result["results"].items():
+        lines.append(f"| {name} | " + " | ".join(fmt(r.get(k)) for k, _ in COLUMNS) + " |")
+    if s["seeds"] > 1:
+        lines += ["", "## Per seed", "", head.replace("| model |", "| model | seed |"), "|" + "---|" * (len(COLUMNS) + 2)]
+        for name, rows in result["per_seed"].items():
+            for seed, r in enumerate(rows):
+                lines.append(f"| {name} | {seed} | " + " | ".join(fmt(r.get(k)) for k, _ in COLUMNS) + " |")
+    lines += ["", "## Settings", "",
+              "- Split sizes: " + ", ".join(f"{k} {v}" for k, v in s["split_sizes"].items()) + ".",
+              f"- Target and retain model: full fine-tune, chat template, {st['finetune_epochs']} epochs, lr {st['finetune_lr']}, "
+              f"batch {st['finetune_batch']}; evaluation: greedy, {st['eval_max_new_tokens']} new tokens, batch {st['eval_batch']}.",
+              "- ULD's D'_r wrong answers are other (retain) authors' answers to the forget questions (never the "
+              "evaluation's perturbed answers); no paraphrases (none exist outside the evaluation's)."]
+    for v in s["variants"]:
+        extra = ", ".join(f"{k} {val}" for k, val in v["overrides"].items())
+        lines.append(f"- {v['name']}: method {v['method']}, lr {v['lr']}, epochs {v['epochs']}, batch {v['batch_size']}"
+                     + (f", {extra}" if extra else "") + (f"; evaluated at assistant weight {v['alphas']}" if v["alphas"] else ""))
+    lines.append("- Stage seconds (0 = reused from the cache): "
+                 + ", ".join(f"{k} {v:.0f}" for k, v in result["stage_seconds"].items()))
+    lines += ["", f"Total wall time of this run: {result['total_seconds']:.0f} s.", "",
+              "FQ: KS-test p-value of the forget truth ratios against the retain model's (near 1 = indistinguishable); "
+              "MU: harmonic mean of probability, ROUGE and truth ratio on retain, real-author and world-fact QA; "
+              "'policy forget prob': the trained policy's own mean forget-answer probability at its last epoch "
+              "(for ULD, the assistant's: it must memorise the forget set for the logit difference to mean anything)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: dict[str, dict], path: Path, title: str) -> None:
+    """FQ (log scale) against model utility, one point per row; rows of one method (an assistant
+    weight sweep, `name a=...`) are joined by a line. Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from uld.io import atomic_open
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    groups: dict[str, list[tuple[float, float, str]]] = {}
+    for name, r in rows.items():
+        fq, mu = r.get("forget_quality"), r.get("model_utility")
+        if fq is None or mu is None:
+            continue
+        groups.setdefault(name.split(" a=")[0], []).append((mu, max(fq, 1e-30), name))
+    for group, pts in groups.items():
+        marker = {"target": "s", "retain": "*"}.get(group, "o")
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        ax.plot(xs, ys, marker=marker, markersize=11 if group == "retain" else 7, label=group,
+                linestyle="-" if len(pts) > 1 else "none")
+        for x, y, name in pts:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xlabel("model utility")
+    ax.set_ylabel("forget quality (log scale)")
+    ax.set_title(title)
+    ax.axhline(0.05, color="grey", linestyle=":", linewidth=1)
+    ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    try:
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+    finally:
+        plt.close(fig)
