@@ -46,8 +46,8 @@ def study(
 
 @study_app.command("tofu")
 def tofu_command(
-    model: str = typer.Option(..., "--model", help="The pretrained model: hub id, model directory or .gguf file."),
-    data: str = typer.Option(..., "--data", help="TOFU data: a directory of TOFU-schema splits or a hub id (locuslab/TOFU)."),
+    model: str | None = typer.Option(None, "--model", help="The pretrained model: hub id, model directory or .gguf file."),
+    data: str | None = typer.Option(None, "--data", help="TOFU data: a directory of TOFU-schema splits or a hub id (locuslab/TOFU)."),
     out: Path = typer.Option(Path("uld-study"), "--out", help="Directory for results.json, REPORT.md and the plot."),
     cache: Path = typer.Option(Path(".uld-cache/study"), "--cache", help="Stage cache (data, target, retain model, runs, evaluations)."),
     quick: bool = typer.Option(False, "--quick", help="3 retain + 1 forget author, 10 QA each, one recipe per method."),
@@ -68,6 +68,8 @@ def tofu_command(
     from uld.errors import UldError
     from uld.studies.tofu import StudyConfig, default_variants, quick_config, run_study
 
+    if not model or not data:
+        raise UldError("uld study tofu needs --model (hub id, model directory or .gguf file) and --data (TOFU splits)")
     err = Console(stderr=True)
     cfg = quick_config() if quick else StudyConfig()
     sizes = {"retain_authors": retain_authors, "forget_authors": forget_authors, "qa_per_author": qa_per_author,
