@@ -98,7 +98,7 @@ def test_uld_model_is_scored_through_its_combined_logits(tokenizer):
     with torch.no_grad():
         for p in assistant.trainable_parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    uld = ULDForCausalLM(target, assistant, alpha=0.75, filter_rate=0.05).eval()
+    uld = ULDForCausalLM(target, assistant, assistant_weight=0.75, filter_rate=0.05).eval()
     fmt = PromptFormat()
     one, eight = CausalLMScorer(uld, tokenizer, fmt, batch_size=1), CausalLMScorer(uld, tokenizer, fmt, batch_size=8)
     a, b = answer_nll(one, QUESTIONS, ANSWERS), answer_nll(eight, QUESTIONS, ANSWERS)

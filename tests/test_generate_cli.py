@@ -24,7 +24,7 @@ def dirs(tmp_path_factory, tokenizer):
     with torch.no_grad():
         for p in assistant.trainable_parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    ULDForCausalLM(target, assistant, alpha=0.75).save_pretrained(root / "uld", tokenizer=tokenizer)
+    ULDForCausalLM(target, assistant, assistant_weight=0.75).save_pretrained(root / "uld", tokenizer=tokenizer)
     return root
 
 
@@ -85,7 +85,7 @@ def test_bad_models_exit_2(dirs, tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x"]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["generate", "--model", str(dirs / "plain"), "--prompt", "x", "--alpha", "0.5"]) == 2
-    assert "apply only to a ULD directory" in capsys.readouterr().err
+    assert "--assistant-weight applies only to a ULD run directory" in capsys.readouterr().err
 
 
 def test_help_renders(capsys):

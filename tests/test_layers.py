@@ -35,7 +35,6 @@ ALLOWED_UPWARD: dict[tuple[str, str], str] = {
 
 MAX_LINES = 400
 TOO_LONG_FOR_NOW: dict[str, int] = {
-    "uld/models/uld_model.py": 600,  # being split into the models/uld/ package
 }
 """Modules allowed over `MAX_LINES` while they are being split, with their current ceiling."""
 

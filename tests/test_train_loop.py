@@ -99,7 +99,7 @@ def test_uld_assistant_memorises_forget_and_flattens_retain_target_untouched(mem
     out = path.parent / "uld-run"
     policy.save(assistant, out, tokenizer, cfg)
     uld = ULDForCausalLM.from_pretrained(out)
-    assert getattr(uld, "assistant_weight", getattr(uld, "alpha", None)) == 0.75
+    assert uld.assistant_weight == 0.75
     prompt = torch.tensor([[tokenizer.bos_token_id, 5, 6, 7]])
     gen = uld.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=False)
     assert gen.shape[1] > prompt.shape[1]
@@ -108,7 +108,8 @@ def test_uld_assistant_memorises_forget_and_flattens_retain_target_untouched(mem
 def _files(run) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    f = next(p for p in run.iterdir() if p.suffix == ".safetensors")
+    # The final weights: the full model's file, or a ULD run's adapter (assistant/).
+    f = next(p for p in sorted(run.rglob("*.safetensors")) if "checkpoints" not in p.relative_to(run).parts)
     return load_file(f)
 
 

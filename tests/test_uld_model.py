@@ -10,12 +10,12 @@ import transformers as tf
 
 from uld import ULDForCausalLM, build_assistant
 from uld.errors import UldError
-from uld.models.uld_model import (
+from uld.models.uld import (
     SPARSE_HEAD_FAMILIES,
-    _sparse_head_parts,
     combine_logits,
     combine_with_head,
     plausibility_mask,
+    sparse_head_parts,
 )
 from uld.ops import token_nll
 from uld.testing import FAMILIES, tiny_family_config, tiny_llama
@@ -32,7 +32,7 @@ def sharpen(target, scale=30.0):
     return target
 
 
-def uld_model(target=None, alpha=0.75, rate=0.05, seed=0, k=2, lora_scale=0.5):
+def uld_model(target=None, weight=0.75, rate=0.05, seed=0, k=2, lora_scale=0.5):
     """A ULD model whose assistant is not the truncated target (LoRA A, B randomised)."""
     target = target if target is not None else sharpen(tiny_llama(num_layers=4, seed=seed))
     assistant = build_assistant(target, num_layers=k, lora_rank=4)
@@ -40,7 +40,7 @@ def uld_model(target=None, alpha=0.75, rate=0.05, seed=0, k=2, lora_scale=0.5):
     with torch.no_grad():
         for p in assistant.trainable_parameters():
             p.copy_(torch.randn(p.shape, generator=g) * lora_scale)
-    return ULDForCausalLM(target, assistant, alpha=alpha, filter_rate=rate).eval()
+    return ULDForCausalLM(target, assistant, assistant_weight=weight, filter_rate=rate).eval()
 
 
 def left_padded_batch(lengths=(3, 7, 5), seed=0):
@@ -101,8 +101,8 @@ def test_filter_on_logits_equals_the_log_probability_definition():
 
 # -- exact logits --------------------------------------------------------------------------
 
-def test_logits_are_target_minus_alpha_assistant_inside_and_target_outside():
-    model = uld_model(alpha=0.75, rate=0.05)
+def test_logits_are_target_minus_weighted_assistant_inside_and_target_outside():
+    model = uld_model(weight=0.75, rate=0.05)
     ids, mask = left_padded_batch()
     kw = dict(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
     zt = model.target(**kw).logits
@@ -159,7 +159,7 @@ def greedy_reference(model, ids, mask, steps, eos=EOS, exclude=True):
 def test_greedy_generate_equals_a_hand_written_loop_and_never_recomputes_the_prefix(fused):
     # An assistant close to the truncated target: subtracting it pushes the target's likely tokens
     # below unlikely ones, so excluding implausible tokens changes what greedy decoding picks.
-    model = uld_model(alpha=1.0, rate=0.05, lora_scale=0.02)
+    model = uld_model(weight=1.0, rate=0.05, lora_scale=0.02)
     model.fused = fused
     ids, mask = left_padded_batch((3, 7, 5))
     free = greedy_reference(model, ids, mask, 8, eos=None)
@@ -194,7 +194,7 @@ def test_greedy_generate_equals_a_hand_written_loop_and_never_recomputes_the_pre
 
 
 def test_fused_inference_equals_two_separate_models():
-    model = uld_model(alpha=0.8, rate=0.05)
+    model = uld_model(weight=0.8, rate=0.05)
     ids, mask = left_padded_batch((3, 7, 5))
     assert model._fused_pass() is not None
     with torch.no_grad():
@@ -227,7 +227,7 @@ def test_fused_inference_equals_two_separate_models():
 def test_fused_cache_buffers_match_separate_caches_through_growth_crop_and_reorder():
     # The fused pass keeps both models' keys of the shared blocks in one buffer that grows by
     # spare capacity; each model's cache holds views of it. Step by step against the separate pass.
-    model = uld_model(alpha=0.8, rate=0.05)
+    model = uld_model(weight=0.8, rate=0.05)
     ids, mask = left_padded_batch((3, 7, 5))
     caches, logits = {}, {}
     for fused in (True, False):
@@ -238,7 +238,7 @@ def test_fused_cache_buffers_match_separate_caches_through_growth_crop_and_reord
             for i in range(45):
                 if i == 35:
                     if fused:  # 7 + 35 positions > the first capacity (7 + 32): the buffer grew
-                        assert cache.__dict__["fused_kv"][0].keys.size(-2) > 7 + 32
+                        assert cache.fused_kv[0].keys.size(-2) > 7 + 32
                     cache.crop(-2)  # drop two positions, then continue from there
                     m = m[:, :-2]
                 if i == 40:
@@ -252,12 +252,12 @@ def test_fused_cache_buffers_match_separate_caches_through_growth_crop_and_reord
         caches[fused], logits[fused] = cache, torch.stack(out, 1)
     assert_equal_up_to_rounding(logits[True], logits[False])
     fused, separate = caches[True], caches[False]
-    assert set(fused.__dict__["fused_kv"]) == {0, 1}  # the two shared blocks
+    assert set(fused.fused_kv) == {0, 1}  # the two shared blocks
     for half in ("target", "assistant"):
         for i in range(2):
             got, want = getattr(fused, half).layers[i], getattr(separate, half).layers[i]
             assert got.keys.shape == want.keys.shape == (3, 2, 7 + 45 - 2, 8)
-            buffer = fused.__dict__["fused_kv"][i].keys  # views of the buffer, which has spare room
+            buffer = fused.fused_kv[i].keys  # views of the buffer, which has spare room
             assert got.keys.data_ptr() in (buffer.data_ptr(), buffer[3].data_ptr()) and buffer.size(-2) > 50
             assert_equal_up_to_rounding(got.keys, want.keys)
             assert_equal_up_to_rounding(got.values, want.values)
@@ -282,19 +282,19 @@ def test_sampling_with_a_seed_is_reproducible():
 def test_every_family_builds_and_generates_with_cache_like_without(family):
     torch.manual_seed(0)
     target = sharpen(tf.AutoModelForCausalLM.from_config(tiny_family_config(family)).eval())
-    model = uld_model(target, alpha=0.75, rate=0.05)
+    model = uld_model(target, weight=0.75, rate=0.05)
     ids, mask = left_padded_batch((2, 5))
     kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False,
               pad_token_id=PAD, eos_token_id=None)
     cached = model.generate(**kw)
     assert cached.shape == (2, 10)
     assert torch.equal(cached, model.generate(**kw, use_cache=False))
-    assert (family in SPARSE_HEAD_FAMILIES) == (_sparse_head_parts(model.assistant) is not None)
+    assert (family in SPARSE_HEAD_FAMILIES) == (sparse_head_parts(model.assistant) is not None)
     # Fused where the family has Llama-style blocks and full attention (Mistral here has a window).
     assert (model._fused_pass() is not None) == (family in ("llama", "qwen2", "phi3"))
     model.fused = False
     assert torch.equal(cached, model.generate(**kw))
-    with patch("uld.models.uld_model.SPARSE_HEAD_FAMILIES", frozenset()):  # the full head everywhere
+    with patch("uld.models.uld.combine.SPARSE_HEAD_FAMILIES", frozenset()):  # the full head everywhere
         assert torch.equal(cached, model.generate(**kw))
 
 
@@ -317,12 +317,17 @@ def test_sparse_head_gives_the_full_heads_logits_on_the_plausible_set():
 # -- save / load ---------------------------------------------------------------------------
 
 def test_save_load_round_trip_gives_identical_logits(tmp_path):
-    model = uld_model(alpha=0.6, rate=0.02)
+    model = uld_model(weight=0.6, rate=0.02)
     model.save_pretrained(tmp_path / "uld")
-    assert sorted(p.name for p in (tmp_path / "uld").iterdir()) == ["assistant.safetensors", "target", "uld_config.json"]
+    # The target was built in memory: it is saved beside the adapter, recorded relative to the run.
+    assert sorted(p.name for p in (tmp_path / "uld").iterdir()) == [
+        "assistant", "config.json", "generation_config.json", "target"]
+    assert sorted(p.name for p in (tmp_path / "uld" / "assistant").iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors"]
     loaded = ULDForCausalLM.from_pretrained(tmp_path / "uld")
-    assert (loaded.alpha, loaded.filter_rate) == (0.6, 0.02)
+    assert (loaded.assistant_weight, loaded.filter_rate) == (0.6, 0.02)
     assert loaded.config.target_name_or_path == str((tmp_path / "uld" / "target").resolve())
+    assert loaded.name_or_path == str(tmp_path / "uld")
     ids, mask = left_padded_batch()
     assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits,
                        model(input_ids=ids, attention_mask=mask).logits)
@@ -345,20 +350,23 @@ def test_save_refers_to_a_target_on_disk_instead_of_copying_it(tmp_path, tokeniz
     model.save_pretrained(tmp_path / "uld_hub")
     import json
 
-    cfg = json.loads((tmp_path / "uld_hub" / "uld_config.json").read_text())
-    assert cfg["target_name_or_path"] == "some-org/some-model" and not cfg["target_saved"]
+    cfg = json.loads((tmp_path / "uld_hub" / "config.json").read_text())
+    assert cfg["target_name_or_path"] == "some-org/some-model" and not (tmp_path / "uld_hub" / "target").exists()
+    # A local target is recorded relative to the run directory.
+    cfg = json.loads((tmp_path / "uld" / "config.json").read_text())
+    assert cfg["target_name_or_path"] == "../target" and cfg["model_type"] == "uld"
 
 
 def test_missing_or_corrupt_adapter_is_one_clear_error(tmp_path):
     uld_model().save_pretrained(tmp_path / "uld")
-    adapter = tmp_path / "uld" / "assistant.safetensors"
+    adapter = tmp_path / "uld" / "assistant" / "adapter_model.safetensors"
     adapter.write_bytes(b"\x80\x04 this is not safetensors")
     with pytest.raises(UldError, match="is corrupt or not safetensors"):
         ULDForCausalLM.from_pretrained(tmp_path / "uld")
     adapter.unlink()
-    with pytest.raises(UldError, match="has no adapter file assistant.safetensors"):
+    with pytest.raises(UldError, match="has no adapter file"):
         ULDForCausalLM.from_pretrained(tmp_path / "uld")
-    with pytest.raises(UldError, match="uld_config.json is missing"):
+    with pytest.raises(UldError, match="config.json with model_type 'uld' is missing"):
         ULDForCausalLM.from_pretrained(tmp_path)
 
 
@@ -375,7 +383,7 @@ def test_tokenizer_mismatch_between_uld_dir_and_target_is_an_error(tmp_path, tok
 
 
 def test_beam_search_reorders_both_caches():
-    model = uld_model(alpha=1.0, rate=0.05, lora_scale=0.02)
+    model = uld_model(weight=1.0, rate=0.05, lora_scale=0.02)
     ids, mask = left_padded_batch((3, 6))
     kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, num_beams=3, do_sample=False,
               pad_token_id=PAD, eos_token_id=None)

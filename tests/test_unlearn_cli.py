@@ -52,7 +52,7 @@ def test_every_method_trains_from_the_cli_and_improves_its_objective(workspace, 
 def test_uld_run_generates_through_uld_generate(workspace, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_args(workspace, out, "uld")) == 0
-    assert (out / "uld_config.json").is_file() and (out / "tokenizer.json").is_file()
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     capsys.readouterr()
     assert main(["generate", "--model", str(out), "--prompt", "Where was Ana born?", "--max-new-tokens", "4"]) == 0
 
@@ -133,7 +133,7 @@ def test_two_processes_train_uld_to_the_end_on_different_retain_samples(workspac
     for a, b in zip(r0, r1, strict=True):
         assert a["step"] == b["step"] and a["retain"] and not set(a["retain"]) & set(b["retain"])
         assert not set(a["forget"]) & set(b["forget"])
-    assert (out / "uld_config.json").is_file()
+    assert (out / "config.json").is_file()
 
 
 def test_uld_augment_writes_a_file_that_uld_unlearn_trains_on(workspace, tmp_path):

@@ -24,6 +24,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f
+        usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -75,10 +76,25 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
         yield tmp
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists")
+        usual_permissions(tmp)
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def usual_permissions(path: str | os.PathLike) -> None:
+    """Give a file, or a directory and everything in it, the permissions `open` and `mkdir` give
+    (0666 / 0777 less the umask): `tempfile` makes 0600 / 0700, and some writers (safetensors)
+    make 0600, where the rest of a run directory (e.g. tokenizer files) is 0644."""
+    umask = os.umask(0)
+    os.umask(umask)
+    paths = [Path(path)]
+    if paths[0].is_dir():
+        paths += list(paths[0].rglob("*"))
+    for p in paths:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def replace_dir(src: Path, dst: Path) -> None:

@@ -123,7 +123,7 @@ def _load(model: str, device: str):
 
 def _uld(target, device: str):
     from uld.models.assistant import build_assistant
-    from uld.models.uld_model import ULDForCausalLM
+    from uld.models.uld import ULDForCausalLM
 
     return ULDForCausalLM(target, build_assistant(target).to(device)).eval()
 

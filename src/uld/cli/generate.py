@@ -59,8 +59,10 @@ def generate_command(
     top_k: int | None = typer.Option(None, "--top-k", help="Sample among the k most likely tokens (default 0 = off)."),
     seed: int = typer.Option(0, "--seed", help="Random seed for sampling."),
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Use TOFU's plain INST prompt format even if the tokenizer has a chat template."),
-    alpha: float | None = typer.Option(None, "--alpha", help="ULD only: override the saved alpha."),
+    assistant_weight: float | None = typer.Option(None, "--assistant-weight", "--alpha", help="ULD only: override the saved assistant weight w in target - w * assistant (the paper's alpha; --alpha is the old name)."),
     filter_rate: float | None = typer.Option(None, "--filter-rate", help="ULD only: override the saved plausibility rate (0 = off)."),
+    target: str | None = typer.Option(None, "--target", help="ULD only: the target model (directory or hub id) to use instead of the one recorded in the run."),
+    ignore_target_mismatch: bool = typer.Option(False, "--ignore-target-mismatch", help="ULD only: combine the adapter with a target whose fingerprint differs from the one recorded at save."),
     device: str | None = typer.Option(None, "--device", help="Torch device, e.g. cuda (default: cpu)."),
 ) -> None:
     """Generate a completion for each prompt and print it (one block per prompt)."""
@@ -78,14 +80,19 @@ def generate_command(
         import torch
 
         from uld.models.loading import load_model
-        from uld.models.uld_model import ULDForCausalLM
+        from uld.models.uld import ULDForCausalLM
+        from uld.models.uld.io import is_uld_dir
 
-        m, tok = load_model(model, device=device)
-        if alpha is not None or filter_rate is not None:
-            if not isinstance(m, ULDForCausalLM):
-                raise UldError("--alpha and --filter-rate apply only to a ULD directory (one with uld_config.json)")
-            if alpha is not None:
-                m.alpha = alpha
+        uld_only = [n for n, v in (("--assistant-weight", assistant_weight), ("--filter-rate", filter_rate),
+                                   ("--target", target), ("--ignore-target-mismatch", ignore_target_mismatch or None))
+                    if v is not None]
+        if uld_only and not is_uld_dir(model):
+            verb = "applies" if len(uld_only) == 1 else "apply"
+            raise UldError(f"{', '.join(uld_only)} {verb} only to a ULD run directory, and {model!r} is not one")
+        m, tok = load_model(model, device=device, target=target, ignore_target_mismatch=ignore_target_mismatch)
+        if isinstance(m, ULDForCausalLM):
+            if assistant_weight is not None:
+                m.assistant_weight = assistant_weight
             if filter_rate is not None:
                 m.filter_rate = filter_rate
     texts = [build_prompt(tok, p, use_chat_template=not no_chat_template) for p in prompt]

@@ -1,5 +1,5 @@
 """The ULD assistant: the target's embeddings, its first K decoder blocks, its final norm and its
-output head, plus LoRA adapters (DESIGN §2).
+output head, plus LoRA adapters (Ji et al., NeurIPS 2024).
 
 How it is built, generically for any transformers decoder-only causal LM:
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import types
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,6 +40,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from uld.errors import UldError
+from uld.models.blocks import check_block_count, find_decoder_blocks, truncate_blocks
+
+__all__ = ["LoraRows", "ULDAssistant", "build_assistant", "find_decoder_blocks"]
+
+
+@dataclass
+class LoraRows:
+    """Which batch rows the assistant's LoRA layers update: rows from `start` on (0: all).
+
+    The fused inference pass (`uld.models.uld.fused`) stacks the target's rows before the
+    assistant's in one batch through the shared blocks; it sets `start` to the target's row count
+    for the length of one call, so LoRA acts on the assistant's rows only. One object per assistant,
+    shared by all its LoRA layers.
+    """
+
+    start: int = 0
 
 ADAPTER_NAME = "default"
 
@@ -51,9 +68,11 @@ class ULDAssistant(nn.Module):
     `CausalLMOutputWithPast` with `.logits` (B, T', V) and `.cache` when `use_cache`.
     """
 
-    def __init__(self, model: nn.Module, trainable_names: list[str], assistant_config: dict):
+    def __init__(self, model: nn.Module, trainable_names: list[str], assistant_config: dict,
+                 lora_rows: LoraRows | None = None):
         super().__init__()
         self.model = model
+        self.lora_rows = lora_rows if lora_rows is not None else LoraRows()
         self._trainable_names = list(trainable_names)
         # K, LoRA settings and the block path: what `ULDForCausalLM.save_pretrained` records.
         self.assistant_config = dict(assistant_config)
@@ -118,43 +137,6 @@ class ULDAssistant(nn.Module):
                 dst.copy_(src.to(device=dst.device, dtype=dst.dtype))
 
 
-def find_decoder_blocks(target: nn.Module) -> tuple[str, nn.ModuleList]:
-    """Return `(qualified name inside target, block list)`; UldError when there is none to cut."""
-    name = type(target).__name__
-    config = getattr(target, "config", None)
-    if config is None:
-        raise UldError(f"cannot split {name}: it is not a transformers model (no config)")
-    text_config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    if getattr(config, "is_encoder_decoder", False):
-        raise UldError(
-            f"cannot split {name}: it is an encoder-decoder model, and ULD needs a decoder-only causal LM"
-        )
-    n_layers = getattr(text_config, "num_hidden_layers", None)
-    if not isinstance(n_layers, int) or n_layers < 1:
-        raise UldError(f"cannot split {name}: its config gives no number of decoder layers")
-    head = target.get_output_embeddings() if hasattr(target, "get_output_embeddings") else None
-    if head is None:
-        raise UldError(f"cannot split {name}: it has no output head (get_output_embeddings() is None)")
-    decoder = target.get_decoder() if hasattr(target, "get_decoder") else None
-    if decoder is None or decoder is target:
-        decoder = getattr(target, "base_model", target)
-    # Direct children first (every supported family keeps its blocks there); a deeper search only
-    # when none is, so an MoE expert list that happens to have n entries cannot shadow the blocks.
-    is_blocks = lambda m: isinstance(m, nn.ModuleList) and len(m) == n_layers  # noqa: E731
-    candidates = [m for m in decoder.children() if is_blocks(m)]
-    if not candidates:
-        candidates = [m for m in decoder.modules() if is_blocks(m)]
-    if len(candidates) != 1:
-        why = "none" if not candidates else f"{len(candidates)} (ambiguous)"
-        raise UldError(
-            f"cannot split {name}: expected one list of its {n_layers} decoder blocks under "
-            f"get_decoder(), found {why}"
-        )
-    blocks = candidates[0]
-    qualified = next(n for n, m in target.named_modules() if m is blocks)
-    return qualified, blocks
-
-
 def _linear_names(module: nn.Module) -> dict[str, nn.Module]:
     """Names (relative to `module`) of its linear layers: `nn.Linear` and GPT-2's `Conv1D`."""
     from transformers.pytorch_utils import Conv1D
@@ -183,7 +165,7 @@ def build_assistant(
     lora_dropout: float = 0.05,
     target_modules: list[str] | str | None = None,
 ) -> ULDAssistant:
-    """Build the assistant of DESIGN §2 from `target` (paper: K = layers/4, LoRA r 32, alpha 32,
+    """Build the ULD assistant from `target` (paper: K = layers/4, LoRA r 32, alpha 32,
     dropout 0.05 on every linear layer in the blocks).
 
     `num_layers` K (None: a quarter of the target's layers, at least 1) must satisfy
@@ -193,26 +175,20 @@ def build_assistant(
     """
     blocks_path, blocks = find_decoder_blocks(target)
     n = len(blocks)
-    k = max(1, n // 4) if num_layers is None else num_layers
-    if not isinstance(k, int) or k < 1 or k >= n:
-        raise UldError(
-            f"the assistant's layer count K must satisfy 1 <= K < {n} (the target's decoder layers), got {k}"
-        )
+    k = check_block_count(max(1, n // 4) if num_layers is None else num_layers, n, "the assistant")
     if lora_rank < 0:
         raise UldError(f"lora_rank must be >= 0 (0 = a trainable copy of the blocks), got {lora_rank}")
 
     model = _shared_copy(target)
-    parent_path, _, attr = blocks_path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, attr, nn.ModuleList(list(getattr(parent, attr))[:k]))
-    _truncate_config(model.config, n, k)
+    truncate_blocks(model, blocks_path, k)
 
     for p in model.parameters():  # shared with the target: frozen (ULD never changes the target)
         p.requires_grad_(False)
 
+    rows = LoraRows()
     if lora_rank == 0:
         resolved: list[str] = []
-        cut = getattr(parent, attr)
+        cut = model.get_submodule(blocks_path)
         memo = {id(model.config): model.config}
         for i in range(k):
             cut[i] = copy.deepcopy(cut[i], dict(memo))  # fresh tensors: the private copy
@@ -221,7 +197,7 @@ def build_assistant(
         trainable = [name for name, _ in model.named_parameters() if name.startswith(prefix)]
     else:
         resolved = _resolve_lora_targets(model, blocks_path, k, target_modules)
-        trainable = _inject_lora(model, resolved, lora_rank, lora_alpha, lora_dropout)
+        trainable = _inject_lora(model, resolved, lora_rank, lora_alpha, lora_dropout, rows)
 
     cfg = {
         "num_layers": k,
@@ -233,21 +209,13 @@ def build_assistant(
         "lora_modules": resolved,
         "blocks_path": blocks_path,
     }
-    assistant = ULDAssistant(model, trainable, cfg)
+    assistant = ULDAssistant(model, trainable, cfg, rows)
     assistant.train(target.training)
     return assistant
 
 
 def _as_list(x: list[str] | str) -> list[str]:
     return [x] if isinstance(x, str) else list(x)
-
-
-def _truncate_config(config, n: int, k: int) -> None:
-    """Make the copied config describe K layers; per-layer lists (`layer_types`, ...) are cut."""
-    config.num_hidden_layers = k
-    for key, value in list(vars(config).items()):
-        if "layer" in key and isinstance(value, list | tuple) and len(value) == n:
-            setattr(config, key, type(value)(value[:k]))
 
 
 def _resolve_lora_targets(model: nn.Module, blocks_path: str, k: int, target_modules) -> list[str]:
@@ -273,7 +241,7 @@ def _resolve_lora_targets(model: nn.Module, blocks_path: str, k: int, target_mod
     return chosen
 
 
-def _inject_lora(model: nn.Module, names: list[str], r: int, alpha: float, dropout: float) -> list[str]:
+def _inject_lora(model: nn.Module, names: list[str], r: int, alpha: float, dropout: float, rows: LoraRows) -> list[str]:
     from peft import LoraConfig, inject_adapter_in_model
     from transformers.pytorch_utils import Conv1D
 
@@ -292,6 +260,7 @@ def _inject_lora(model: nn.Module, names: list[str], r: int, alpha: float, dropo
         layer = model.get_submodule(name)
         layer.forward = types.MethodType(_lean_lora_forward, layer)
         layer.merge = types.MethodType(_refuse_merge, layer)
+        layer.uld_lora_rows = rows
     trainable = []
     for name, p in model.named_parameters():
         is_lora = ".lora_A." in name or ".lora_B." in name
@@ -332,8 +301,8 @@ def _lean_lora_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torc
     a = self.lora_A[ADAPTER_NAME].weight
     b = self.lora_B[ADAPTER_NAME].weight
     xa = x if x.dtype == a.dtype else x.to(a.dtype)
-    skip = self.__dict__.get("uld_lora_from_row", 0)
-    if skip:  # fused inference (uld.models.fused): rows before `skip` are the target's, no LoRA
+    skip = self.uld_lora_rows.start
+    if skip:  # fused inference (uld.models.uld.fused): rows before `skip` are the target's, no LoRA
         h = F.linear(xa[skip:], a)
         tail = result[skip:]
         if tail.dtype == b.dtype and tail.is_contiguous():

@@ -9,6 +9,9 @@ so before training (M_o = M_o') it equals the target exactly. The small model mu
 target's vocabulary; by default it is the target's first K decoder blocks (with embeddings,
 final norm and head), a real copy.
 
+`OffsetForCausalLM` is a `PreTrainedModel` + `GenerationMixin`: `generate` is transformers' own,
+with one KV cache per model (`OffsetCache`), so no step recomputes the prefix.
+
 A saved directory holds `offset_config.json`, `offset/` (the trained small model),
 `offset_base/` (its frozen start) and the tokenizer; the target is referenced by hub id or
 absolute path. `uld.models.loading.load_model` recognises it by `offset_config.json`.
@@ -23,9 +26,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from uld.errors import UldError
 from uld.io import atomic_write_json
+from uld.models.blocks import check_block_count, find_decoder_blocks, truncate_blocks
+from uld.models.caches import MultiCache
 
 CONFIG_NAME = "offset_config.json"
 OFFSET_DIR = "offset"
@@ -37,99 +45,74 @@ def truncated_copy(target: nn.Module, num_layers: int) -> nn.Module:
 
     Blocks past K are put in the deepcopy memo as themselves, so they are never duplicated.
     """
-    from uld.models.assistant import find_decoder_blocks
-
     path, blocks = find_decoder_blocks(target)
-    n = len(blocks)
-    if not 1 <= num_layers < n:
-        raise UldError(f"the offset model's layer count K must satisfy 1 <= K < {n}, got {num_layers}")
-    memo: dict[int, Any] = {id(b): b for b in list(blocks)[num_layers:]}
+    k = check_block_count(num_layers, len(blocks), "the offset model")
+    memo: dict[int, Any] = {id(b): b for b in list(blocks)[k:]}
     small = copy.deepcopy(target, memo)
-    parent_path, _, attr = path.rpartition(".")
-    parent = small.get_submodule(parent_path) if parent_path else small
-    setattr(parent, attr, nn.ModuleList(list(getattr(parent, attr))[:num_layers]))
-    cfg = small.config
-    cfg.num_hidden_layers = num_layers
-    for key, value in list(vars(cfg).items()):  # per-layer lists such as `layer_types`
-        if isinstance(value, list | tuple) and len(value) == n:
-            setattr(cfg, key, type(value)(value[:num_layers]))
+    truncate_blocks(small, path, k)
     for p in small.parameters():
         p.requires_grad_(True)
     return small
 
 
-class OffsetForCausalLM(nn.Module):
-    """target + scale * (offset - offset_base), callable like a causal LM.
+class OffsetCache(MultiCache):
+    """The target's, the offset model's and its frozen start's KV caches, advanced together."""
 
-    forward(input_ids (B, T), attention_mask (B, T), position_ids (B, T)) -> output with
-    `.logits` (B, T, V). `generate` decodes greedily or by sampling without a KV cache (each
-    step re-reads the prefix: simple and exact, slower than a cached model).
+    def __init__(self, target: Cache, offset: Cache, base: Cache):
+        super().__init__(target=target, offset=offset, base=base)
+
+
+class OffsetForCausalLM(PreTrainedModel, GenerationMixin):
+    """target + scale * (offset - offset_base), a causal LM like any other.
+
+    forward(input_ids (B, T), attention_mask (B, T), position_ids (B, T), cache, use_cache,
+    logits_to_keep) -> CausalLMOutputWithPast(logits (B, T', V) float32, cache). Only the offset
+    model gets gradients.
     """
 
+    base_model_prefix = "offset_unlearning"
+    main_input_name = "input_ids"
+    _supports_sdpa = True
+
     def __init__(self, target: nn.Module, offset: nn.Module, base: nn.Module, scale: float = 1.0):
-        super().__init__()
+        super().__init__(copy.deepcopy(target.config))
         self.target, self.offset, self.base, self.scale = target, offset, base, float(scale)
         for p in list(target.parameters()) + list(base.parameters()):
             p.requires_grad_(False)
-        self.config = target.config
+        if getattr(target, "generation_config", None) is not None:
+            self.generation_config = copy.deepcopy(target.generation_config)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.target.parameters()).device
+    def new_cache(self) -> OffsetCache:
+        """An empty cache per model, for `forward(..., cache=..., use_cache=True)`."""
+        return OffsetCache(*(DynamicCache(config=m.config.get_text_config(decoder=True))
+                             for m in (self.target, self.offset, self.base)))
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, **_: Any):
-        from transformers.modeling_outputs import CausalLMOutput
-
-        kw = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache: OffsetCache | None = None,
+                past_key_values: OffsetCache | None = None, use_cache: bool | None = None,
+                logits_to_keep: int | torch.Tensor = 0, **_: Any) -> CausalLMOutputWithPast:
+        cache = cache if cache is not None else past_key_values
+        if cache is not None and not isinstance(cache, OffsetCache):
+            raise TypeError("OffsetForCausalLM needs an OffsetCache (one cache per model), not " + type(cache).__name__)
+        if use_cache is None:
+            use_cache = cache is not None
+        if use_cache and cache is None:
+            cache = self.new_cache()
+        kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                  use_cache=bool(use_cache), logits_to_keep=logits_to_keep)
+        part = (lambda name: cache.caches[name]) if use_cache else (lambda name: None)  # noqa: E731
         with torch.no_grad():
-            t = self.target(**kw).logits.float()
-            b = self.base(**kw).logits.float()
-        o = self.offset(**kw).logits.float()
-        return CausalLMOutput(logits=t + self.scale * (o - b))
+            t = self.target(**kw, cache=part("target")).logits.float()
+            b = self.base(**kw, cache=part("base")).logits.float()
+        o = self.offset(**kw, cache=part("offset")).logits.float()
+        return CausalLMOutputWithPast(logits=t + self.scale * (o - b), cache=cache if use_cache else None)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        max_new_tokens: int = 32,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        pad_token_id: int | None = None,
-        eos_token_id: int | None = None,
-        **_: Any,
-    ) -> torch.Tensor:
-        """Left-padded prompts (B, T) -> (B, T + new) token ids; finished rows are padded."""
-        ids = input_ids
-        mask = torch.ones_like(ids) if attention_mask is None else attention_mask
-        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
-        pad = pad_token_id if pad_token_id is not None else (eos if eos is not None else 0)
-        done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
-        for _step in range(max_new_tokens):
-            pos = (mask.cumsum(-1) - 1).clamp_min(0)
-            logits = self(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
-            if do_sample:
-                if top_k and top_k > 0:
-                    kth = logits.topk(min(top_k, logits.size(-1)), -1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = torch.softmax(logits / max(temperature, 1e-5), -1)
-                if top_p < 1.0:
-                    sorted_p, order = probs.sort(-1, descending=True)
-                    drop = sorted_p.cumsum(-1) - sorted_p > top_p
-                    probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
-                nxt = torch.multinomial(probs, 1).squeeze(-1)
-            else:
-                nxt = logits.argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-            ids = torch.cat([ids, nxt[:, None]], -1)
-            mask = torch.cat([mask, (~done).long()[:, None]], -1)
-            if eos is not None:
-                done |= nxt == eos
-            if bool(done.all()):
-                break
-        return ids
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs) -> None:
+        if model_kwargs.get("cache") is not None or generation_config.use_cache is False:
+            return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        if generation_config.cache_implementation not in (None, "dynamic"):
+            raise UldError(f"cache_implementation={generation_config.cache_implementation!r} is not supported by "
+                           "OffsetForCausalLM: use 'dynamic' (the default)")
+        model_kwargs["cache"] = self.new_cache()
 
     def save_pretrained(self, out: str | Path, target_name_or_path: str, tokenizer=None) -> Path:
         """Write the two small models, the tokenizer, then `offset_config.json` (last: a dir

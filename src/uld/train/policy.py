@@ -95,10 +95,10 @@ class ULDPolicy(Policy):
         return list(self.module.trainable_parameters())
 
     def save(self, module: nn.Module, out: Path, tokenizer, cfg: RunConfig) -> None:
-        from uld.models.uld_model import ULDForCausalLM
+        from uld.models.uld import ULDForCausalLM
 
-        # The ULD weight is the third argument (named `alpha` in older versions of the model class).
-        uld = ULDForCausalLM(self.target, module, cfg.policy.assistant_weight, filter_rate=cfg.policy.filter_rate)
+        uld = ULDForCausalLM(self.target, module, assistant_weight=cfg.policy.assistant_weight,
+                             filter_rate=cfg.policy.filter_rate)
         uld.save_pretrained(out, tokenizer=tokenizer)
 
 

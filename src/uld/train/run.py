@@ -12,7 +12,7 @@ holds:
     logs/             samples-rank{r}.jsonl: the item ids each process trained on
     checkpoints/      the last epoch checkpoint(s), removed when the run finishes
     .lock             held while a process trains in the directory (one run per directory)
-    + the model       ULD: uld_config.json + adapter (ULDForCausalLM.from_pretrained, uld generate);
+    + the model       ULD: config.json + assistant/ (AutoModelForCausalLM after import uld, uld generate);
                       full: config.json + weights (AutoModelForCausalLM); lora: a peft adapter;
                       offset: offset_config.json (uld.models.loading.load_model); + the tokenizer
 """

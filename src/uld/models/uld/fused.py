@@ -34,7 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from uld.models.assistant import ULDAssistant, find_decoder_blocks
+from uld.models.assistant import ULDAssistant
+from uld.models.blocks import find_decoder_blocks
+from uld.models.uld.cache import ULDCache
 
 FUSED_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
 
@@ -46,13 +48,12 @@ class _CallState:
     rows: int = 0
     target_cache: Any = None
     assistant_cache: Any = None
-    slots: dict | None = None  # layer index -> _KVSlot, kept on the ULDCache (its lifetime)
+    slots: dict[int, KVSlot] | None = None  # layer index -> its buffer: `ULDCache.fused_kv`
     assistant_hidden: torch.Tensor | None = None
-    lora_layers: list[nn.Module] = field(default_factory=list)
     doubled: dict = field(default_factory=dict)  # id(tensor) -> (tensor, stacked twice), this call only
 
 
-class _KVSlot:
+class KVSlot:
     """Keys and values of one fused layer for both models in one buffer (2B, heads, capacity, dim).
 
     The target's and the assistant's `DynamicLayer`s hold views of its first and last B rows, so
@@ -110,7 +111,7 @@ def _plain_dynamic(cache: Any, layer_idx: int) -> Any:
 
 class _PairedLayerCache:
     """The cache a fused block's attention sees: rows [:B] belong to the target's cache, [B:] to
-    the assistant's; `update` returns both halves' full keys and values, stacked (from a `_KVSlot`
+    the assistant's; `update` returns both halves' full keys and values, stacked (from a `KVSlot`
     where the two layers are plain dynamic layers, else by updating each and concatenating)."""
 
     def __init__(self, state: _CallState):
@@ -132,7 +133,7 @@ class _PairedLayerCache:
             a_layer = _plain_dynamic(st.assistant_cache, layer_idx)
             if st.slots is None or t_layer is None or a_layer is None:
                 return keys, values
-            slot = st.slots[layer_idx] = _KVSlot(keys, values)
+            slot = st.slots[layer_idx] = KVSlot(keys, values)
             keys, values = slot.keys[..., : slot.length, :], slot.values[..., : slot.length, :]
         t_layer.keys, t_layer.values = keys[:b], values[:b]
         a_layer.keys, a_layer.values = keys[b:], values[b:]
@@ -163,7 +164,7 @@ class FusedBlock(nn.Module):
         super().__init__()
         self.block = block
         self.first, self.last = first, last
-        self.__dict__["state"] = state  # not a submodule
+        self.state = state  # a plain object, not a submodule
 
     def forward(self, hidden_states, attention_mask=None, position_ids=None, cache=None, use_cache=False,
                 position_embeddings=None, **kwargs):
@@ -197,8 +198,9 @@ class FusedPair:
     """Callable fused pass of a (target, assistant) pair; build with `build_fused` (None when the
     pair cannot be fused)."""
 
-    def __init__(self, lm: nn.Module, norm: nn.Module, state: _CallState, probe: tuple[nn.Module, str, nn.Module, str]):
-        self.lm, self.norm, self.state = lm, norm, state
+    def __init__(self, lm: nn.Module, norm: nn.Module, state: _CallState, assistant: ULDAssistant,
+                 probe: tuple[nn.Module, str, nn.Module, str]):
+        self.lm, self.norm, self.state, self.assistant = lm, norm, state, assistant
         # (target's first block, the name of one of its weights, assistant's first block, the name
         # of the assistant's tensor for it): looked up on every call, so replaced modules or
         # parameters are seen.
@@ -210,16 +212,16 @@ class FusedPair:
         t_block, t_name, a_block, a_name = self.probe
         return t_block.get_parameter(t_name).data_ptr() == a_block.get_parameter(a_name).data_ptr()
 
-    def __call__(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, logits_to_keep):
+    def __call__(self, input_ids, inputs_embeds, attention_mask, position_ids, cache: ULDCache | None, use_cache,
+                 logits_to_keep):
         """(target logits (B, T', V), assistant final hidden states (B, T, H), after the final norm)."""
         st = self.state
         rows = (input_ids if input_ids is not None else inputs_embeds).size(0)
         st.rows = rows
         st.target_cache = cache.target if cache is not None else None
         st.assistant_cache = cache.assistant if cache is not None else None
-        st.slots = cache.__dict__.setdefault("fused_kv", {}) if cache is not None else None
-        for layer in st.lora_layers:
-            layer.__dict__["uld_lora_from_row"] = rows  # LoRA on the assistant's rows only
+        st.slots = cache.fused_kv if cache is not None else None
+        self.assistant.lora_rows.start = rows  # LoRA on the assistant's rows only
         try:
             out = self.lm(
                 input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
@@ -227,8 +229,7 @@ class FusedPair:
             )
             hidden = self.norm(st.assistant_hidden)
         finally:
-            for layer in st.lora_layers:
-                layer.__dict__.pop("uld_lora_from_row", None)
+            self.assistant.lora_rows.start = 0
             st.target_cache = st.assistant_cache = st.assistant_hidden = st.slots = None
             st.doubled.clear()
         return out.logits, hidden
@@ -267,7 +268,6 @@ def build_fused(target: nn.Module, assistant: ULDAssistant) -> FusedPair | None:
     a_blocks = assistant.model.get_submodule(path)
     state = _CallState()
     fused_blocks = [FusedBlock(a_blocks[i], state, first=i == 0, last=i == k - 1) for i in range(k)]
-    state.lora_layers = [m for m in a_blocks.modules() if "forward" in vars(m)]  # the lean-LoRA layers
 
     # Shallow copies along the path to the block list, so the target's own modules are untouched.
     names = path.split(".")
@@ -281,4 +281,4 @@ def build_fused(target: nn.Module, assistant: ULDAssistant) -> FusedPair | None:
     norm = assistant.model.get_decoder().norm
     t_name = next(n for n, _ in blocks[0].named_parameters())
     a_name = next(n for n, _ in a_blocks[0].named_parameters() if n.replace(".base_layer", "") == t_name)
-    return FusedPair(lm, norm, state, (blocks[0], t_name, a_blocks[0], a_name))
+    return FusedPair(lm, norm, state, assistant, (blocks[0], t_name, a_blocks[0], a_name))
