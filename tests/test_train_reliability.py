@@ -108,7 +108,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_leaves_no_partial_files(workspace,
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "interrupted" and run["last_checkpoint"] == "epoch-1"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-1"]
-    assert not (out / "uld_config.json").exists() and not (out / ".lock").exists()
+    assert not (out / "config.json").exists() and not (out / ".lock").exists()
     monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
     assert main(["unlearn", "--out", str(out), "--resume"]) == 0
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
