@@ -36,6 +36,8 @@ class ULDConfig(PreTrainedConfig):
         0.05 / every linear layer in the blocks); rank 0 means a trainable copy of the K blocks.
     target_name_or_path: the target: a hub id, or a directory (in a saved run, relative to the
         run directory when the target is local).
+    target_saved_from: the target's absolute directory when the run was saved, tried when the
+        relative path finds nothing (a run saved in a temporary directory and then moved).
     target_fingerprint: the target's architecture and a sample of its weights, recorded at save and
         checked at load (`uld.models.uld.identity`).
     target_model_type: the target's model_type (e.g. "llama").
@@ -52,6 +54,7 @@ class ULDConfig(PreTrainedConfig):
     lora_dropout: float = 0.05
     target_modules: list[str] | None = None
     target_name_or_path: str | None = None
+    target_saved_from: str | None = None
     target_fingerprint: dict | None = None
     target_model_type: str | None = None
     vocab_size: int | None = None

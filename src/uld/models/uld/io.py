@@ -91,6 +91,7 @@ def save_uld(model: ULDForCausalLM, save_directory: str | os.PathLike, save_targ
         tokenizer.save_pretrained(out)
     config = ULDConfig.from_dict(model.config.to_dict())
     config.target_name_or_path = entry
+    config.target_saved_from = source if source and os.path.isabs(source) and entry != f"./{TARGET_DIR}" else None
     config.target_fingerprint = target_fingerprint(model.target)
     config.architectures = [type(model).__name__]
     atomic_write_text(out / CONFIG_NAME, config.to_json_string(use_diff=False))
@@ -189,9 +190,10 @@ def read_config(root: Path) -> ULDConfig:
     )
 
 
-def resolve_target(root: Path, entry: str | None) -> str:
+def resolve_target(root: Path, entry: str | None, saved_from: str | None = None) -> str:
     """Where the target recorded as `entry` is: a directory (relative entries against the run
-    directory) or a hub id. One sentence naming the path tried when it is not there."""
+    directory; else `saved_from`, the absolute directory at save time) or a hub id. One sentence
+    naming the path tried when it is not there."""
     hint = "pass target=... to from_pretrained (or --target to `uld generate`)"
     if not entry:
         raise UldError(f"the ULD run in {str(root)!r} records no target; {hint}")
@@ -203,6 +205,8 @@ def resolve_target(root: Path, entry: str | None) -> str:
         return str((root / entry).resolve())
     else:
         return entry  # a hub id
+    if not (tried / "config.json").is_file() and saved_from and (Path(saved_from) / "config.json").is_file():
+        return saved_from
     if not (tried / "config.json").is_file():
         what = "no directory" if not tried.exists() else "no config.json"
         raise UldError(f"the run's target is not where it was recorded: {str(tried)!r} ({entry!r} in "
@@ -236,7 +240,8 @@ def load_uld(cls: type[ULDForCausalLM], path: str | os.PathLike, *, target=None,
         if dtype is not None and dtype != "auto":
             target_model.to(dtype)
     else:
-        target_path = str(target) if target is not None else resolve_target(root, cfg.target_name_or_path)
+        target_path = str(target) if target is not None else resolve_target(root, cfg.target_name_or_path,
+                                                                              cfg.target_saved_from)
         options = {k: v for k, v in kwargs.items() if k in _TARGET_OPTIONS}
         target_model = load_causal_lm(target_path, dtype=dtype, device_map=device_map, **options)
     _check_one_device(target_model)
