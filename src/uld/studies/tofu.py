@@ -194,9 +194,9 @@ def evaluate_dir(model_dir: Path | str, data: Path, out: Path, cfg: StudyConfig,
     device = "cuda" if torch.cuda.is_available() else "cpu"
     lm, tok = load_model(resolve_model_path(str(model_dir)), device=device)
     if alpha is not None:
-        if not hasattr(lm, "alpha"):
+        if not hasattr(lm, "assistant_weight"):
             raise UldError(f"{model_dir} is not a ULD model; an assistant weight applies only to ULD")
-        lm.alpha = alpha
+        lm.assistant_weight = alpha
     tofu = load_tofu_data(str(data), FORGET_SPLIT)
     scorer = CausalLMScorer(lm, tok, PromptFormat(), batch_size=cfg.eval_batch, max_length=cfg.max_length, device=device)
 
