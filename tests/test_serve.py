@@ -409,3 +409,57 @@ def test_engine_is_usable_without_http(engines):
     got = engine.generate(engine.chat_prompt_ids([{"role": "user", "content": QUESTION}]),
                           SamplingParams(max_tokens=4, temperature=0))
     assert got.completion_tokens == 4 and got.finish_reason == "length" and got.prompt_tokens == 16
+
+
+def test_a_taken_port_is_one_sentence(engines):
+    from uld.serve.server import bind
+
+    taken = bind("127.0.0.1", 0)
+    taken.listen()
+    try:
+        with pytest.raises(UldError, match=f"cannot listen on 127.0.0.1:{taken.getsockname()[1]}"):
+            bind("127.0.0.1", taken.getsockname()[1])
+    finally:
+        taken.close()
+
+
+def test_the_uld_serve_command_answers_the_openai_client(dirs, capsys):
+    """`uld serve` as a user runs it: a subprocess on 127.0.0.1, polled (bounded) until it
+    answers, then stopped."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:  # a free port (released just before the server takes it)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    expected = uld_generate(dirs / "uld", QUESTION, 8, capsys)
+    cmd = [sys.executable, "-c", "import sys; from uld.cli import main; sys.exit(main())", "serve",
+           "--model", str(dirs / "uld"), "--port", str(port), "--served-model-name", "mine"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if raw(f"http://127.0.0.1:{port}/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "uld serve did not answer within 180 s"
+            time.sleep(0.2)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=WAIT)
+        assert [m.id for m in c.models.list().data] == ["mine"]
+        r = chat(c, model="mine", temperature=0, max_tokens=8)
+        assert r.choices[0].message.content == expected
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+    err = proc.stderr.read()
+    assert f"serving 'mine' at http://127.0.0.1:{port}/v1" in err
+    assert QUESTION not in err  # no prompt text in the log

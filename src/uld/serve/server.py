@@ -97,12 +97,30 @@ def create_app(engine, settings: ServeSettings):
     return _create(engine, settings)
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on (host, port); one sentence when the address cannot be had."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        raise UldError(f"cannot listen on {host}:{port}: {e.strerror or e} (is another server using that port?)") from None
+    return sock
+
+
 def serve(engine, settings: ServeSettings) -> None:
     """Run the server in the foreground until interrupted (Ctrl-C)."""
     import uvicorn
 
-    app = create_app(engine, settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
+    sock = bind(settings.host, settings.port)
+    config = uvicorn.Config(create_app(engine, settings), log_level="info", timeout_graceful_shutdown=5,
+                            lifespan="off")
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 class BackgroundServer:
@@ -114,10 +132,7 @@ class BackgroundServer:
         import uvicorn
 
         self.settings = settings
-        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((settings.host.strip("[]"), settings.port))
+        self._sock = bind(settings.host, settings.port)
         self.port = self._sock.getsockname()[1]
         config = uvicorn.Config(create_app(engine, settings), log_config=None, access_log=False,
                                 timeout_graceful_shutdown=5, lifespan="off")
