@@ -31,7 +31,7 @@ from uld.errors import UldError
 _CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
 
 
-def context_length(model) -> int | None:
+def model_context_length(model) -> int | None:
     """The most positions `model` can attend to, or None when its config does not say.
 
     Read from the model's config, and for a ULD model (which has a `target`) from the target's
@@ -187,11 +187,11 @@ class Engine:
     thread (an observation point for tests and instrumentation).
     """
 
-    def __init__(self, model, tokenizer, model_id: str, context_length_: int | None = None):
+    def __init__(self, model, tokenizer, model_id: str, context_length: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
-        self.context_length = context_length_ or context_length(model)
+        self.context_length = context_length or model_context_length(model)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uld-serve")
         self.on_token: Callable[[_Tracker], None] | None = None
         self._lock = threading.Lock()  # also safe when called from several threads directly

@@ -14,7 +14,7 @@ import difflib
 from pathlib import Path
 
 from uld.errors import UldError
-from uld.serve.engine import context_length
+from uld.serve.engine import model_context_length
 
 
 def _require_lm_eval():
@@ -34,7 +34,7 @@ def make_lm(model, tokenizer, batch_size: int | str = 1, max_length: int | None 
         tokenizer=tokenizer,
         backend="causal",
         batch_size=batch_size,
-        max_length=max_length or context_length(model),
+        max_length=max_length or model_context_length(model),
     )
 
 
