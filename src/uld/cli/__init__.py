@@ -13,7 +13,7 @@ import sys
 
 from uld.cli.app import app
 
-COMMAND_MODULES = ("generate", "export", "unlearn", "augment", "eval", "aggregate", "demo", "bench", "setup", "study", "serve", "lm_eval")
+COMMAND_MODULES = ("generate", "export", "unlearn", "augment", "eval", "aggregate", "demo", "bench", "setup", "study", "serve", "lm_eval", "audit")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"uld.cli.{_name}")
