@@ -14,6 +14,14 @@ class UldError(Exception):
     """An error caused by the user's input, explained in one sentence."""
 
 
+class Interrupted(Exception):
+    """The user stopped a command (Ctrl-C) and it cleaned up; the message says what was kept and
+    how to continue ("interrupted; resume with ..."). The CLI prints it and exits 130.
+
+    Raise it from a `KeyboardInterrupt` handler once the state on disk is consistent; a bare
+    `KeyboardInterrupt` also exits 130, with the message "interrupted"."""
+
+
 def unknown_choice(kind: str, value: str, choices: Iterable[str]) -> UldError:
     """Build the 'unknown X; did you mean Y? Available: ...' error."""
     choices = sorted(choices)

@@ -1,4 +1,11 @@
-"""Atomic file output: every result file is written to a temporary name, then renamed."""
+"""File input and output with one-sentence errors.
+
+Output is atomic: every result file is written to a temporary name, then renamed, so a failed
+or interrupted command leaves the previous file (or nothing), never half a file. Input that is
+not UTF-8, not valid JSON or not readable raises `UldError` naming the file and the line.
+`check_out` refuses an output path that is a file, that cannot be created, or that would
+replace one of the command's own inputs.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from uld.errors import UldError
 
 
 @contextlib.contextmanager
@@ -107,3 +116,92 @@ def replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, dst)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The UTF-8 text of `path`; `UldError` naming the file when it is missing, unreadable or
+    not UTF-8 (with the line of the first bad byte)."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise UldError(f"{path} is not UTF-8 text (line {line}, byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                       "save it as UTF-8") from e
+    except OSError as e:
+        raise UldError(f"cannot read {path}: {describe_os_error(e)}") from e
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """One JSON document from `path`; `UldError` with the real line and column when it is invalid."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise UldError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+
+
+def read_json_lines(path: str | os.PathLike, text: str | None = None) -> list[Any]:
+    """One JSON value per non-blank line of `path` (or of `text`, read from it); `UldError` with
+    the file's own line number when a line is invalid."""
+    rows = []
+    for n, line in enumerate((read_text(path) if text is None else text).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise UldError(f"{path} is not valid JSON lines (line {n}, column {e.colno}: {e.msg})") from e
+    return rows
+
+
+# ----------------------------------------------------------------------------- output paths
+
+
+def describe_os_error(e: OSError) -> str:
+    """A short phrase for an operating-system error: what happened and to which file."""
+    import errno
+
+    what = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+            errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+            errno.ENOTDIR: "a parent is a file, not a directory", errno.EISDIR: "is a directory",
+            errno.ENOENT: "no such file or directory"}.get(e.errno or -1, e.strerror or type(e).__name__)
+    return f"{what} ({e.filename})" if e.filename else what
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check_out(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None] | None = None,
+              flag: str = "--out", kind: str = "dir") -> Path:
+    """Check an output path before any work: `UldError` when it is a file but a directory is
+    wanted (or the reverse), when its directory cannot be created or written, or when writing
+    it would replace one of `inputs` (name -> path; a missing path or a hub id is skipped).
+
+    Writing a directory replaces it as a whole, so an input inside it counts as replaced; an
+    input that contains the output (`--out MODEL/eval`) is left alone.
+    """
+    out = Path(out)
+    resolved = out.resolve()
+    for name, value in (inputs or {}).items():
+        if value is None or not Path(value).exists():
+            continue
+        src = Path(value).resolve()
+        if _inside(src, resolved):
+            same = "is" if src == resolved else "contains"
+            raise UldError(f"{flag} {str(out)!r} {same} the input {name} {str(value)!r}; writing it would destroy "
+                           f"that input: choose another {flag}")
+    if kind == "dir" and out.exists() and not out.is_dir():
+        raise UldError(f"{flag} {str(out)!r} is a file; give a directory")
+    if kind == "file" and out.is_dir():
+        raise UldError(f"{flag} {str(out)!r} is a directory; give a file name")
+    parent = out if kind == "dir" else out.parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UldError(f"{flag} {str(out)!r} cannot be created: {str(existing)!r} is a file")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise UldError(f"{flag} {str(out)!r} cannot be written: {str(existing)!r} is not writable")
+    return out

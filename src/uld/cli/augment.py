@@ -37,13 +37,14 @@ def augment(
     from uld.data.augment import generate_augmentations
     from uld.data.records import load_split
     from uld.errors import UldError
-    from uld.io import atomic_write_text
+    from uld.io import atomic_write_text, check_out
     from uld.models.loading import load_model
 
     if num_paraphrases < 0 or num_distractors < 0 or batch_size < 1 or max_new_tokens < 1:
         raise UldError("--num-paraphrases/--num-distractors must be >= 0, --batch-size and --max-new-tokens >= 1")
     if temperature <= 0:
         raise UldError(f"--temperature must be > 0 (sampling), got {temperature}")
+    check_out(out, {"--data": data, "--model": model}, kind="file")
     records = load_split(data, split)
     lm, tok = load_model(model, device=device)
     torch.manual_seed(seed)

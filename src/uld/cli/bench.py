@@ -28,14 +28,14 @@ def bench_command(
 
     from uld.bench.perf import BENCHES, BenchSizes, run_benches, steps_of, to_markdown
     from uld.errors import UldError, unknown_choice
-    from uld.io import atomic_dir
+    from uld.io import atomic_dir, check_out
 
     if which not in WHICH:
         raise unknown_choice("benchmark", which, WHICH)
     if which == "all" and out is None:
         raise UldError("uld bench all needs --out DIR for bench.json and bench.md")
-    if out is not None and out.exists() and not out.is_dir():
-        raise UldError(f"--out {str(out)!r} is a file; give a directory")
+    if out is not None:
+        check_out(out, {"--model": model, "--data": data})
     names = list(BENCHES) if which == "all" else [which]
     sizes = BenchSizes()
     console = Console(stderr=True)

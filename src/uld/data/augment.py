@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uld.data.records import Record, as_list
+from uld.data.records import Record, as_list, check_record
 from uld.errors import UldError
+from uld.io import read_text
 
 EVAL_FIELDS = ("paraphrased_answer", "paraphrased_question", "perturbed_answer")
 
@@ -59,7 +60,7 @@ def read_augment_file(path: str | Path) -> dict[str, tuple[list[Record], list[st
     if not p.is_file():
         raise UldError(f"augmentation file {str(p)!r} does not exist")
     out: dict[str, tuple[list[Record], list[str]]] = {}
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(p).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -68,12 +69,16 @@ def read_augment_file(path: str | Path) -> dict[str, tuple[list[Record], list[st
             raise UldError(f"line {n} of augmentation file {p} is not valid JSON ({e.msg})") from e
         if not isinstance(row, dict) or "question" not in row or "answer" not in row:
             raise UldError(f"line {n} of augmentation file {p} needs fields question and answer")
+        check_record({k: v for k, v in row.items() if k != "paraphrases"}, f"line {n} of augmentation file {p}")
         paras = []
         for x in row.get("paraphrases") or []:
             if isinstance(x, dict):
                 paras.append({"question": x.get("question", row["question"]), "answer": x.get("answer", row["answer"])})
+            elif isinstance(x, str) and x.strip():
+                paras.append({"question": row["question"], "answer": x})
             else:
-                paras.append({"question": row["question"], "answer": str(x)})
+                raise UldError(f"line {n} of augmentation file {p}: each paraphrase must be a non-empty string "
+                               f"or a {{question, answer}} object, got {str(x)[:40]!r}")
         out[_norm(row["question"])] = (paras, as_list(row.get("distractors")))
     return out
 

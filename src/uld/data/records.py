@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from uld.errors import UldError
+from uld.io import read_json_lines, read_text
 
 Record = dict[str, Any]
 SPLIT_SUFFIXES = (".json", ".jsonl")
@@ -30,19 +31,56 @@ def available_splits(source: str | Path) -> list[str]:
     return sorted({f.stem for f in p.iterdir() if f.suffix in SPLIT_SUFFIXES})
 
 
+TEXT_FIELDS = ("question", "answer", "paraphrased_answer", "paraphrased_question")
+"""Fields that must be a non-empty string when present."""
+LIST_FIELDS = ("perturbed_answer", "paraphrases", "distractors")
+"""Fields that must be a non-empty string or a list of them when present."""
+
+
 def _read_json_records(path: Path) -> list[Record]:
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    try:
-        if stripped.startswith("["):
-            rows = json.loads(stripped)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise UldError(f"{path} is not valid JSON or JSON lines (line {e.lineno}: {e.msg})") from e
-    if not all(isinstance(r, dict) for r in rows):
-        raise UldError(f"{path} must hold JSON objects, one per record")
+    text = read_text(path)
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UldError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+    else:
+        rows = read_json_lines(path, text)
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise UldError(f"record {i} of {path} is {type(r).__name__} {str(r)[:40]!r}; each record must be a JSON object")
     return rows
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "an empty string"
+    return {"list": "a list", "dict": "an object", "bool": "a boolean", "int": "a number",
+            "float": "a number"}.get(type(value).__name__, type(value).__name__)
+
+
+def check_record(record: Record, where: str) -> None:
+    """`UldError` naming the record and field when a text field is not a non-empty string (a
+    list, a number, an empty string would otherwise be silently turned into text)."""
+    for key in TEXT_FIELDS:
+        v = record.get(key)
+        if key in record and v is not None and not (isinstance(v, str) and v.strip()):
+            raise UldError(f"{where}: field {key!r} must be a non-empty string, got {_kind(v)} ({str(v)[:40]!r})")
+    for key in LIST_FIELDS:
+        v = record.get(key)
+        if key not in record or v is None:
+            continue
+        items = [v] if isinstance(v, str) else v
+        if not isinstance(items, list) or not all(isinstance(x, str) and x.strip() for x in items):
+            raise UldError(f"{where}: field {key!r} must be a non-empty string or a list of them, got {str(v)[:60]!r}")
+
+
+def check_split_name(split: str) -> str:
+    """A split is a file name inside the data directory (or a hub config): no path in it."""
+    if not split or split in (".", "..") or "/" in split or "\\" in split or Path(split).name != split:
+        raise UldError(f"split name {split!r} must be a plain name such as forget10, not a path; "
+                       "the splits are the files inside the data directory")
+    return split
 
 
 def load_split(
@@ -51,8 +89,9 @@ def load_split(
     """Load one split as a list of records and check that each has the `required` fields.
 
     Raises `UldError` for a missing split, an unreadable file, an empty split or records that
-    lack a required field.
+    lack a required field, or whose text fields are not non-empty strings (`check_record`).
     """
+    check_split_name(split)
     if is_local_source(source):
         root = Path(source)
         if not root.is_dir():
@@ -78,6 +117,7 @@ def load_split(
             raise UldError(
                 f"record {i} of {where} lacks field(s) {', '.join(missing)}; each record needs {', '.join(required)}"
             )
+        check_record(r, f"record {i} of {where}")
     return rows
 
 
@@ -97,4 +137,6 @@ def as_list(value: Any) -> list[str]:
         return []
     if isinstance(value, str):
         return [value]
-    return [str(v) for v in value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise UldError(f"expected a string or a list of strings, got {str(value)[:60]!r}")
+    return list(value)

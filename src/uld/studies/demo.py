@@ -192,13 +192,14 @@ def run_demo(out: Path, cache: Path, seeds: int = 1, quick: bool = False, settin
     import time
 
     from uld.errors import UldError
-    from uld.io import atomic_write_json, atomic_write_text
+    from uld.io import atomic_write_json, atomic_write_text, check_out
     from uld.studies.pipeline import build_pipeline
 
     if seeds < 1:
         raise UldError(f"--seeds must be at least 1, got {seeds}")
-    if out.exists() and not out.is_dir():
-        raise UldError(f"--out {str(out)!r} is a file; give a directory")
+    check_out(out, {"--cache": cache})
+    if cache.exists() and not cache.is_dir():
+        raise UldError(f"--cache {str(cache)!r} is a file; give a directory")
     settings = settings or demo_settings(quick)
     t_start = time.time()
     pipe = build_pipeline(cache, settings["pipeline"], log=log)
