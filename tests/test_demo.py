@@ -5,7 +5,7 @@ import json
 import pytest
 
 from uld.data.records import load_split
-from uld.studies.demo import ROWS, demo_settings, run_demo
+from uld.studies.demo import ROWS, average, demo_settings, run_demo, spread
 from uld.studies.pipeline import ModelConfig, PipelineConfig
 from uld.world import WorldConfig
 
@@ -47,19 +47,39 @@ def test_demo_end_to_end_and_cache_reuse(tmp_path, capsys):
     assert retain_stage["records"] == 3 * n["retain90"] + n["general"] == 3 * (n["full"] - n["forget10"]) + n["general"]
 
     assert [len(saved["per_seed"][m]) for m in ("uld", "ga", "gd", "npo")] == [1, 1, 1, 1]
+    assert saved["spread"]["uld"]["model_utility"] is None  # one seed: no spread
     assert saved["per_seed"]["uld"][0]["model_utility"] == saved["results"]["uld"]["model_utility"]
 
+    assert saved["machine"]["torch_threads"] >= 1 and "isa" in saved["machine"]
+    assert "## Machine" in (out / "REPORT.md").read_text()
+
+    # Seeds are plumbed through end to end with one cheap method; the averaging itself is
+    # checked by hand below, so the four methods need not run twice more.
     out2 = tmp_path / "out2"
-    run_demo(out2, cache, seeds=2, settings=_settings())
+    settings = _settings()
+    settings["methods"] = ("ga",)
+    results2 = run_demo(out2, cache, seeds=2, settings=settings)
+    assert set(results2) == {"target", "retain", "ga"}
     again = json.loads((out2 / "results.json").read_text())
-    # Two seeds: each method's row is the mean of its two per-seed rows (kept in results.json).
-    for m in ("uld", "ga", "gd", "npo"):
-        rows = again["per_seed"][m]
-        assert len(rows) == 2 and again["results"][m]["seeds"] == 2
-        assert again["results"][m]["model_utility"] == pytest.approx((rows[0]["model_utility"] + rows[1]["model_utility"]) / 2)
-    assert "## Per seed" in (out2 / "REPORT.md").read_text()
+    rows = again["per_seed"]["ga"]
+    assert len(rows) == 2 and again["results"]["ga"]["seeds"] == 2
+    assert again["results"]["ga"]["model_utility"] == pytest.approx((rows[0]["model_utility"] + rows[1]["model_utility"]) / 2)
+    assert again["spread"]["ga"]["model_utility"]["min"] == min(r["model_utility"] for r in rows)
+    report = (out2 / "REPORT.md").read_text()
+    assert "## Per seed" in report and "## Spread over 2 seeds" in report
     assert all(again["pipeline_reused"].values())  # every stage reused
     assert all(v == 0 for v in again["pipeline_seconds"].values())
     # The target and retain model are the cached ones, so their scores are identical.
     assert again["results"]["target"] == saved["results"]["target"]
     assert again["results"]["retain"] == saved["results"]["retain"]
+
+
+def test_average_and_spread_over_seeds_by_hand():
+    rows = [{"fq": 0.1, "mu": 0.8, "t": None}, {"fq": 0.3, "mu": 0.6, "t": 2.0}, {"fq": 0.2, "mu": 0.7, "t": 4.0}]
+    mean = average(rows)
+    assert mean["fq"] == pytest.approx(0.2) and mean["mu"] == pytest.approx(0.7) and mean["t"] is None
+    assert mean["seeds"] == 3
+    sd = spread(rows)
+    # sample sd of (0.1, 0.3, 0.2): sqrt(((-0.1)^2 + 0.1^2 + 0) / 2) = 0.1
+    assert sd["fq"]["sd"] == pytest.approx(0.1) and (sd["fq"]["min"], sd["fq"]["max"]) == (0.1, 0.3)
+    assert sd["t"] is None and spread(rows[:1])["fq"] is None

@@ -253,3 +253,48 @@ def test_a_full_disk_is_one_sentence_and_leaves_no_temp_file(tmp_path, monkeypat
         app.registered_commands.pop()
     assert _lines(capsys.readouterr().err) == [f"error: no space left on device ({target}); nothing was written"]
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--bogus"], "error: No such option: --bogus"),
+    (["nosuch"], "error: No such command 'nosuch' (see `uld --help`)"),
+    (["eval", "--model", "m", "--data", "d", "--out", "o", "--batch-size", "abc"], "error: Invalid value for '--batch-size'"),
+    (["eval", "--model", "m"], "error: Missing option '--data'"),
+    (["bench"], "error: Missing argument 'which' (see `uld bench --help`)"),
+])
+def test_usage_errors_are_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    """A bad command line used to print `error: NoSuchOption: ...` and exit 1 (typer ships its
+    own copy of click's exceptions, which the entry point did not recognise)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = _lines(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith(message) and err[0].endswith("--help`)")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- reproducibility
+
+
+def test_pinning_cpu_kernels_acts_only_before_torch_loads():
+    proc = _run_python("""
+        import os, sys
+        os.environ.pop("MKL_CBWR", None); os.environ["ATEN_CPU_CAPABILITY"] = "default"
+        from uld.repro import pin_cpu_kernels
+        first = pin_cpu_kernels()
+        import torch
+        print(first, pin_cpu_kernels(), os.environ["MKL_CBWR"], os.environ["ATEN_CPU_CAPABILITY"])
+    """)
+    # The user's own value wins (ATEN_CPU_CAPABILITY=default); a pin after `import torch` is too late.
+    assert proc.stdout.split() == ["True", "False", "AVX2", "default"]
+
+
+def test_machine_info_records_what_decides_the_bits():
+    from uld.repro import machine_info
+
+    info = machine_info()
+    assert info["torch_threads"] >= 1 and info["aten_cpu_capability"]
+    assert {"cpu", "isa", "env", "kernels_pinned", "deterministic_algorithms"} <= set(info)
+    json.dumps(info)  # goes into results.json as it is

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         # Outside standalone mode typer returns the exit code of `typer.Exit` and of Ctrl-C (130).
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="uld", standalone_mode=False)
     except UldError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -49,14 +49,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {describe_os_error(e)}; nothing was written", file=sys.stderr)
         return 1
-    except Exception as e:  # click usage errors and anything unexpected
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
+    except Exception as e:  # usage errors and anything unexpected
+        usage = _usage_error(e)
+        if usage is not None:
+            if usage:  # empty after `uld` alone: the help was printed
+                print(f"error: {usage}", file=sys.stderr)
+            return 2
+        if _is_click(e, "Abort"):
             return 1
+        if _is_click(e, "ClickException"):
+            e.show()  # type: ignore[attr-defined]
+            return e.exit_code  # type: ignore[attr-defined]
         if os.environ.get("ULD_DEBUG"):
             raise
         print(f"error: {type(e).__name__}: {e} (set ULD_DEBUG=1 for the traceback)", file=sys.stderr)
@@ -64,3 +67,21 @@ def main(argv: list[str] | None = None) -> int:
     if code == INTERRUPTED:
         print("interrupted", file=sys.stderr)
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
+def _is_click(e: BaseException, name: str) -> bool:
+    """Whether `e` is click's exception `name` (typer ships its own copy of click's classes)."""
+    return any(c.__name__ == name and c.__module__.split(".")[0] in ("click", "typer") for c in type(e).__mro__)
+
+
+def _usage_error(e: BaseException) -> str | None:
+    """A bad command line (unknown option or command, a value of the wrong type, a missing
+    option) as one sentence pointing at the command's help; None for anything else."""
+    if not _is_click(e, "UsageError"):
+        return None
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None else "uld"
+    message = " ".join(e.format_message().split())  # type: ignore[attr-defined]
+    if not message:
+        return ""
+    return f"{message.rstrip('.')} (see `{where} --help`)"

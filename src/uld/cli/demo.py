@@ -15,13 +15,23 @@ def demo(
     cache: Path = typer.Option(Path(".uld-cache/mini"), "--cache", help="Pipeline cache (world, tokenizer, base, target, retain)."),
     seeds: int = typer.Option(1, "--seeds", help="Unlearning seeds per method (means reported)."),
     quick: bool = typer.Option(False, "--quick", help="A smaller world and fewer epochs (a minute or two)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="Torch CPU threads (default: torch's choice; same count, same bits)."),
+    native_kernels: bool = typer.Option(False, "--native-kernels",
+                                        help="Let MKL and ATen use the CPU's widest vector units (faster, not bit-reproducible across CPUs)."),
 ) -> None:
     """Run the miniature TOFU study: build/reuse the pipeline, unlearn forget10 with ULD, GA, GD, NPO, evaluate."""
+    from uld.repro import pin_cpu_kernels
+
+    if not native_kernels:
+        pin_cpu_kernels()  # before torch is imported, or MKL never reads it
+
     from rich.console import Console
     from rich.table import Table
 
+    from uld.repro import deterministic
     from uld.studies.demo import COLUMNS, fmt, run_demo
 
+    deterministic(threads)
     err = Console(stderr=True)
     results = run_demo(out, cache, seeds, quick, log=err.print)
     table = Table(title="uld demo: forget10")

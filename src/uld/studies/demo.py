@@ -88,6 +88,17 @@ def row_summary(metrics: dict[str, dict], seconds: float | None) -> dict[str, An
     }
 
 
+def spread(rows: list[dict[str, Any]]) -> dict[str, dict[str, float] | None]:
+    """Sample standard deviation, min and max of each number over seeds (None for one seed or a
+    missing value); log10 FQ's spread is in log space."""
+    out: dict[str, dict[str, float] | None] = {}
+    for k in rows[0]:
+        vals = [r[k] for r in rows]
+        out[k] = None if len(vals) < 2 or any(v is None for v in vals) else {
+            "sd": statistics.stdev(vals), "min": min(vals), "max": max(vals)}
+    return out
+
+
 def average(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean of each number over seeds (None when any seed lacks it); log10 FQ is averaged in log space."""
     out: dict[str, Any] = {}
@@ -112,7 +123,8 @@ COLUMNS = (("forget_quality", "FQ"), ("log10_forget_quality", "log10 FQ"), ("mod
 
 
 def report_markdown(results: dict[str, dict], settings: dict[str, Any], seconds: dict[str, float], seeds: int,
-                    per_seed: dict[str, list[dict]] | None = None) -> str:
+                    per_seed: dict[str, list[dict]] | None = None, spreads: dict[str, dict] | None = None,
+                    machine: dict[str, Any] | None = None) -> str:
     head = "| model | " + " | ".join(c for _, c in COLUMNS) + " |"
     lines = ["# uld demo: the miniature TOFU study", "",
              f"Forget set: forget10 of a synthetic world; {seeds} seed(s) per unlearning method (means shown).", "",
@@ -124,6 +136,18 @@ def report_markdown(results: dict[str, dict], settings: dict[str, Any], seconds:
         for name, rows in per_seed.items():
             for seed, r in enumerate(rows):
                 lines.append(f"| {name} | {seed} | " + " | ".join(fmt(r.get(k)) for k, _ in COLUMNS) + " |")
+    if spreads and seeds > 1:
+        keys = [k for k, _ in COLUMNS if k != "train_seconds"]
+        lines += ["", f"## Spread over {seeds} seeds (sample standard deviation; log10 FQ in log space)", "",
+                  "| model | " + " | ".join(c for k, c in COLUMNS if k in keys) + " |", "|" + "---|" * (len(keys) + 1)]
+        for name, sp in spreads.items():
+            lines.append(f"| {name} | " + " | ".join(fmt(sp[k]["sd"]) if sp.get(k) else "n/a" for k in keys) + " |")
+    if machine:
+        env = ", ".join(f"{k}={v}" for k, v in machine.get("env", {}).items()) or "none"
+        lines += ["", "## Machine", "",
+                  f"- {machine.get('cpu')} ({machine.get('cpu_count')} CPUs; ATen kernels {machine.get('aten_cpu_capability')}), "
+                  f"torch {machine.get('torch')} with {machine.get('torch_threads')} threads, {machine.get('platform')}.",
+                  f"- Kernel environment: {env}; kernels pinned for cross-CPU reproducibility: {machine.get('kernels_pinned')}."]
     pipe = settings["pipeline"]
     lines += [
         "", "## Settings", "",
@@ -193,6 +217,7 @@ def run_demo(out: Path, cache: Path, seeds: int = 1, quick: bool = False, settin
 
     from uld.errors import UldError
     from uld.io import atomic_write_json, atomic_write_text, check_out
+    from uld.repro import machine_info
     from uld.studies.pipeline import build_pipeline
 
     if seeds < 1:
@@ -206,12 +231,13 @@ def run_demo(out: Path, cache: Path, seeds: int = 1, quick: bool = False, settin
     results: dict[str, dict] = {}
     work = Path(tempfile.mkdtemp(prefix=".uld-demo-", dir=cache))
     per_seed: dict[str, list[dict[str, Any]]] = {}  # each unlearning method's row per seed
+    spreads: dict[str, dict[str, Any]] = {}
     try:
         for name, model in (("target", pipe.target), ("retain", pipe.retain)):
             log(f"demo: evaluating {name}")
             metrics = _eval(model, pipe, work / f"eval-{name}", settings["pipeline"].eval_max_new_tokens)
             results[name] = row_summary(metrics, None)
-        for method in METHODS:
+        for method in settings.get("methods", METHODS):
             rows = per_seed[method] = []
             for seed in range(seeds):
                 log(f"demo: unlearning forget10 with {method} (seed {seed})")
@@ -222,16 +248,19 @@ def run_demo(out: Path, cache: Path, seeds: int = 1, quick: bool = False, settin
                 log(f"demo: evaluating {method} (seed {seed})")
                 rows.append(row_summary(_eval(run, pipe, work / f"eval-{method}-{seed}", settings["pipeline"].eval_max_new_tokens), secs))
             results[method] = average(rows)
+            spreads[method] = spread(rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     pipe_secs = {k: round(v, 1) for k, v in pipe.seconds.items()}
     settings_out = {"pipeline": settings["pipeline"].to_dict(), "recipes": settings["recipes"]}
     total = time.time() - t_start
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "results.json", {"results": results, "per_seed": per_seed, "settings": settings_out, "seeds": seeds,
+    machine = machine_info()
+    atomic_write_json(out / "results.json", {"results": results, "per_seed": per_seed, "spread": spreads, "machine": machine,
+                                             "settings": settings_out, "seeds": seeds,
                                              "pipeline_seconds": pipe_secs, "pipeline_reused": pipe.reused,
                                              "total_seconds": round(total, 1)})
-    atomic_write_text(out / "REPORT.md", report_markdown(results, settings_out, pipe_secs, seeds, per_seed)
+    atomic_write_text(out / "REPORT.md", report_markdown(results, settings_out, pipe_secs, seeds, per_seed, spreads, machine)
                       + f"\nTotal wall time of this run: {total:.0f} s.\n")
     plot(results, out / PLOT_FILE)
     log(f"wrote {out / 'results.json'}, {out / 'REPORT.md'} and {out / PLOT_FILE} in {total:.0f}s")
