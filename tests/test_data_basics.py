@@ -47,3 +47,11 @@ def test_load_split_errors_are_one_sentence(tmp_path):
 def test_tofu_mirror_loads(tofu_dir):
     rows = load_split(tofu_dir, "forget10_perturbed")
     assert len(rows) == 400 and len(rows[0]["perturbed_answer"]) == 5
+
+
+def test_left_pad_ends_every_row_at_the_last_column():
+    from uld.data.collate import left_pad
+
+    ids, mask = left_pad([[5, 6, 7], [8], []], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]

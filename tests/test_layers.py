@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     "train": 2, "eval": 2,
     "models": 1, "data": 1, "methods": 1, "world": 1,
     # core: the package root, errors, atomic I/O, tensor helpers, option parsing, reproducibility, test helpers
-    "uld": 0, "errors": 0, "io": 0, "ops": 0, "options": 0, "repro": 0, "testing": 0,
+    "uld": 0, "errors": 0, "io": 0, "ops": 0, "options": 0, "repro": 0, "device": 0, "testing": 0,
 }
 """Layer of each top-level part of `uld` (a sub-package or a module of the package root)."""
 

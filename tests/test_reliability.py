@@ -298,3 +298,21 @@ def test_machine_info_records_what_decides_the_bits():
     assert info["torch_threads"] >= 1 and info["aten_cpu_capability"]
     assert {"cpu", "isa", "env", "kernels_pinned", "deterministic_algorithms"} <= set(info)
     json.dumps(info)  # goes into results.json as it is
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "is not a torch device"),
+    ("cuda:7", "cuda"),
+    ("meta", "is not available here"),
+])
+def test_bad_devices_are_one_sentence(device, message):
+    """`--device cuda:7` used to be an AssertionError deep inside torch, after the model loaded."""
+    import torch
+
+    from uld.device import resolve_device
+
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    with pytest.raises(UldError, match=message):
+        resolve_device(device)
+    assert resolve_device("cpu") == "cpu" and resolve_device(None) in ("cpu", "cuda")

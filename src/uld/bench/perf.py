@@ -133,6 +133,7 @@ def _case_generate(model: str, data: str, which: str, batch: int, repeats: int, 
     machine's speed hits both alike). "target" / "uld": one model's memory while decoding."""
     import torch
 
+    from uld.data.collate import left_pad
     from uld.data.prompts import PromptFormat
     from uld.data.records import load_split
 
@@ -148,11 +149,8 @@ def _case_generate(model: str, data: str, which: str, batch: int, repeats: int, 
         questions += questions[: batch - len(questions)]
     fmt = PromptFormat()
     prompts = [fmt.prompt_ids(tok, q) for q in questions]
-    width = max(len(p) for p in prompts)
-    ids = torch.full((batch, width), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((batch, width), dtype=torch.long)
-    for i, p in enumerate(prompts):  # left padding
-        ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+    ids, mask = left_pad(prompts, tok.pad_token_id)
+    width = ids.shape[1]
     ids, mask = ids.to(device), mask.to(device)
     n = sizes.new_tokens
     kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id)

@@ -36,6 +36,7 @@ def augment(
 
     from uld.data.augment import generate_augmentations
     from uld.data.records import load_split
+    from uld.device import resolve_device
     from uld.errors import UldError
     from uld.io import atomic_write_text, check_out
     from uld.models.loading import load_model
@@ -45,6 +46,7 @@ def augment(
     if temperature <= 0:
         raise UldError(f"--temperature must be > 0 (sampling), got {temperature}")
     check_out(out, {"--data": data, "--model": model}, kind="file")
+    device = resolve_device(device) if device else None
     records = load_split(data, split)
     lm, tok = load_model(model, device=device)
     torch.manual_seed(seed)

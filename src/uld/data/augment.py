@@ -178,6 +178,8 @@ def generate_augmentations(
     """
     import torch
 
+    from uld.data.collate import left_pad
+
     def prompt_ids(text: str) -> list[int]:
         if getattr(tokenizer, "chat_template", None):
             text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
@@ -189,13 +191,9 @@ def generate_augmentations(
         if n == 0:
             return [[] for _ in prompts]
         ids = [prompt_ids(p) for p in prompts]
-        width = max(map(len, ids))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        x = torch.full((len(ids), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(x)
-        for i, row in enumerate(ids):  # left padding: generation continues every row at the end
-            x[i, width - len(row):] = torch.tensor(row)
-            mask[i, width - len(row):] = 1
+        x, mask = left_pad(ids, pad)  # generation continues every row at the end
+        width = x.shape[1]
         device = next(model.parameters()).device
         with torch.no_grad():
             out = model.generate(input_ids=x.to(device), attention_mask=mask.to(device), do_sample=True,

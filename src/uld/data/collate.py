@@ -61,6 +61,20 @@ def pad_batch(items: Sequence[EncodedQA], pad_id: int, length: int | None = None
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token-id rows for generation: `(input_ids, attention_mask)`, both (B, T), T the
+    longest row. Every row ends at column T-1, so decoding continues all rows at the same step;
+    the mask is 0 on the padding (pass it, and the position ids it implies, to every model)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        if r:
+            ids[b, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+            mask[b, width - len(r):] = 1
+    return ids, mask
+
+
 def _permutation(n: int, *key: int) -> list[int]:
     # A generator seeded from the key alone (not the global RNG): order depends on nothing else.
     g = torch.Generator().manual_seed(hash_key(*key))
