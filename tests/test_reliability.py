@@ -138,7 +138,7 @@ def test_non_utf8_through_the_cli_exits_2_and_creates_nothing(tmp_path, capsys):
 @pytest.mark.parametrize("field, value, kind", [
     ("answer", ["Ann", "Bob"], "a list"),
     ("answer", 1945, "a number"),
-    ("question", "", "an empty string"),
+    ("question", "   ", "an empty string"),
     ("answer", "   ", "an empty string"),
     ("paraphrased_answer", {"text": "x"}, "an object"),
     ("answer", True, "a boolean"),

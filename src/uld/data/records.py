@@ -32,7 +32,7 @@ def available_splits(source: str | Path) -> list[str]:
 
 
 TEXT_FIELDS = ("question", "answer", "paraphrased_answer", "paraphrased_question")
-"""Fields that must be a non-empty string when present."""
+"""Fields that must be a non-empty string when present (`question` may be "" for raw text)."""
 LIST_FIELDS = ("perturbed_answer", "paraphrases", "distractors")
 """Fields that must be a non-empty string or a list of them when present."""
 
@@ -64,6 +64,8 @@ def check_record(record: Record, where: str) -> None:
     list, a number, an empty string would otherwise be silently turned into text)."""
     for key in TEXT_FIELDS:
         v = record.get(key)
+        if key == "question" and v == "":
+            continue  # a raw-text record: no prompt, the answer is the text (text studies use it)
         if key in record and v is not None and not (isinstance(v, str) and v.strip()):
             raise UldError(f"{where}: field {key!r} must be a non-empty string, got {_kind(v)} ({str(v)[:40]!r})")
     for key in LIST_FIELDS:
