@@ -72,3 +72,85 @@ def tiny_family(name: str, seed: int = 0):
 
     torch.manual_seed(seed)
     return tf.AutoModelForCausalLM.from_config(tiny_family_config(name)).eval()
+
+
+class FakeLM:
+    """A `uld.eval.lm.LanguageModel` with no network, for fast tests of evaluation tasks.
+
+    The next-token distribution depends only on the previous token: row `prev` of a fixed
+    (V, V) table of log-probabilities (random with `seed`, or given), so every value a task
+    computes can be worked out by hand from `table`. Greedy generation follows the argmax;
+    sampling draws from the row with a `numpy` generator seeded by the request's seed.
+    """
+
+    def __init__(self, tokenizer, table=None, seed: int = 0, max_length: int | None = None):
+        import numpy as np
+
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        if table is None:
+            from scipy.special import log_softmax
+
+            v = len(tokenizer)
+            table = log_softmax(np.random.default_rng(seed).normal(size=(v, v)) * 3.0, axis=-1)
+        self.table = np.asarray(table, dtype=np.float64)
+
+    def loglikelihood(self, requests, vocab_stats: bool = False, progress=None):
+        import numpy as np
+
+        from uld.eval.lm import TokenScores
+
+        out = []
+        for r in requests:
+            seq, c = list(r.context) + list(r.continuation), len(r.context)
+            rows = self.table[seq[c - 1 : -1]]  # (T, V): the distribution before each continuation token
+            tok = np.array(seq[c:])
+            lp = rows[np.arange(len(tok)), tok]
+            p = np.exp(rows)
+            mu = (p * rows).sum(-1)
+            out.append(TokenScores(
+                logprob=lp,
+                greedy=rows.argmax(-1) == tok,
+                mu=mu if vocab_stats else None,
+                sigma2=(p * rows**2).sum(-1) - mu**2 if vocab_stats else None,
+            ))
+            if progress:
+                progress(1)
+        return out
+
+    def loglikelihood_rolling(self, texts, progress=None):
+        from uld.eval.lm import LoglikelihoodRequest
+
+        tok = self.tokenizer
+        prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        reqs = [LoglikelihoodRequest((prefix,), tuple(tok(t, add_special_tokens=False)["input_ids"])) for t in texts]
+        return self.loglikelihood(reqs, progress=progress)
+
+    def generate_until(self, requests, progress=None):
+        import numpy as np
+
+        from uld.eval.lm import cut_at_stops
+
+        eos = self.tokenizer.eos_token_id
+        out = []
+        for r in requests:
+            r.check()
+            rng = np.random.default_rng(r.seed)
+            prev, new = r.context[-1], []
+            for _ in range(r.max_new_tokens):
+                row = self.table[prev]
+                if r.do_sample:
+                    p = np.exp(row / r.temperature)
+                    prev = int(rng.choice(len(p), p=p / p.sum()))
+                else:
+                    prev = int(row.argmax())
+                if prev == eos:
+                    break
+                new.append(prev)
+                text = self.tokenizer.decode(new, skip_special_tokens=True)
+                if any(s and s in text for s in r.until):
+                    break
+            out.append(cut_at_stops(self.tokenizer.decode(new, skip_special_tokens=True), r.until).strip())
+            if progress:
+                progress(1)
+        return out

@@ -20,7 +20,7 @@ def aggregate_command(
 
     from uld.eval.reference import read_log
     from uld.eval.results import print_table
-    from uld.eval.tofu import compute_metrics, summarize
+    from uld.eval.tofu import compute_metrics, summarize, unavailable_reasons
     from uld.io import _json_safe
 
     evaluated = read_log(log)
@@ -28,7 +28,10 @@ def aggregate_command(
     mia = {name: {"agg_value": auc} for name, auc in evaluated.mia_auc.items()}
     metrics = compute_metrics(evaluated.splits, mia or None, ref, forget_r=evaluated.forget_r)
     summary = summarize(metrics)
+    reasons = unavailable_reasons(metrics)
     if as_json:
-        print(json.dumps(_json_safe(summary), indent=2))
+        # every metric, null where there is no value, and the reasons (TOFU_SUMMARY.json itself holds numbers only)
+        shown: dict = {k: v.get("agg_value") for k, v in metrics.items()}
+        print(json.dumps(_json_safe({**shown, "unavailable": reasons} if reasons else shown), indent=2))
     else:
-        print_table(summary, Console(), title=f"TOFU summary: {log}")
+        print_table(summary, Console(), title=f"TOFU summary: {log}", reasons=reasons)

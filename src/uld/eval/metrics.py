@@ -76,6 +76,50 @@ def rouge_l_recall(generations: Sequence[str], answers: Sequence[str]) -> np.nda
     return np.array([scorer.score(a, g)["rougeL"].recall for g, a in zip(generations, answers, strict=True)])
 
 
+def rouge_scores(generations: Sequence[str], references: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per item `rouge1_recall`, `rougeL_f1`, `rougeL_recall` of each generation against its
+    reference (rouge_score, stemmer on; the three numbers OpenUnlearning stores), each (N,)."""
+    from rouge_score import rouge_scorer
+
+    if len(generations) != len(references):
+        raise ValueError(f"{len(generations)} generations for {len(references)} references")
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    rows = [scorer.score(r, g) for g, r in zip(generations, references, strict=True)]
+    return {
+        "rouge1_recall": np.array([s["rouge1"].recall for s in rows]),
+        "rougeL_f1": np.array([s["rougeL"].fmeasure for s in rows]),
+        "rougeL_recall": np.array([s["rougeL"].recall for s in rows]),
+    }
+
+
+@better("higher")
+def exact_memorization(greedy: Sequence[bool] | np.ndarray) -> float:
+    """Fraction of answer tokens that are the model's argmax given the true prefix (Tirumala et
+    al. 2022). `greedy` (T,) = whether each token is the argmax; an empty answer gives NaN."""
+    g = np.asarray(greedy, dtype=bool)
+    return float(g.mean()) if g.size else float("nan")
+
+
+@better("higher")
+def extraction_strength(greedy: Sequence[bool] | np.ndarray, openunlearning: bool = False) -> float:
+    """1 - k / T, k the smallest offset from which every answer token is the argmax given the
+    true prefix (Carlini et al. 2021's extraction, as in OpenUnlearning): 1 when the whole answer
+    is greedily predicted, 0 when not even the last token is.
+
+    `openunlearning=True` reproduces OpenUnlearning's loop, which tries k = 0 .. T-1 only and
+    keeps k = T-1 when no suffix matches, so its value never goes below 1/T.
+    """
+    g = np.asarray(greedy, dtype=bool)
+    t = g.size
+    if t == 0:
+        return 0.0
+    bad = np.flatnonzero(~g)
+    k = 0 if bad.size == 0 else int(bad[-1]) + 1
+    if openunlearning:
+        k = min(k, t - 1)
+    return 1.0 - k / t
+
+
 def truth_ratio_stat(nll_base: Sequence[float] | np.ndarray, nll_pert: np.ndarray) -> np.ndarray:
     """Per-item R = exp(mean_j l(pert_j) - l(base)), nll_base (N,), nll_pert (N, K) -> (N,).
 
@@ -143,33 +187,9 @@ def model_utility(values: Sequence[float]) -> float:
 
 
 def direction_of(name: str) -> Direction | None:
-    """Better direction of a metric function (by function name) or of a result metric name."""
-    return _DIRECTIONS.get(name) or RESULT_DIRECTIONS.get(name)
+    """Better direction of a metric function (by function name) or of a result metric name
+    (from the metric registry, `uld.eval.registry`)."""
+    import uld.eval.tasks  # noqa: F401  (registers the tasks' metrics)
+    from uld.eval.registry import direction_of as registered
 
-
-# Directions of the metrics written to TOFU_EVAL.json (OpenUnlearning names). Forget-set
-# probability and ROUGE are "lower" only in the sense of more forgetting; the true target is the
-# retain model's value, which forget quality measures.
-RESULT_DIRECTIONS: dict[str, Direction] = {
-    "forget_quality": "higher",
-    "model_utility": "higher",
-    "forget_truth_ratio": "higher",
-    "forget_Q_A_Prob": "lower",
-    "forget_Q_A_PARA_Prob": "lower",
-    "forget_Q_A_PERT_Prob": "lower",
-    "forget_Q_A_ROUGE": "lower",
-    "privleak": "closer_to_zero",
-    "mia_loss": "closer_to_half",
-    "mia_zlib": "closer_to_half",
-    "mia_min_k": "closer_to_half",
-    "mia_min_k_plus_plus": "closer_to_half",
-}
-for _prefix in ("retain", "ra", "wf"):
-    RESULT_DIRECTIONS.update(
-        {
-            f"{_prefix}_Q_A_Prob": "higher",
-            f"{_prefix}_Q_A_ROUGE": "higher",
-            f"{_prefix}_Truth_Ratio": "higher",
-        }
-    )
-RESULT_DIRECTIONS.update({"ra_Q_A_Prob_normalised": "higher", "wf_Q_A_Prob_normalised": "higher"})
+    return registered(name) or _DIRECTIONS.get(name)

@@ -90,3 +90,10 @@ def privleak(auc_model: float, auc_reference: float) -> float:
     if not 0.0 <= auc_reference < 1.0:
         raise ValueError(f"privleak needs a reference AUC in [0, 1), got {auc_reference}")
     return ((1.0 - auc_model) - (1.0 - auc_reference)) / (1.0 - auc_reference) * 100.0
+
+
+def reference_score(nll_model: float, nll_reference: float) -> float:
+    """Reference-model attack score in OpenUnlearning's sign (lower = member): l_model - l_ref,
+    the model's loss calibrated by a reference model's loss on the same text (Carlini et al.
+    2021's reference attack; OpenUnlearning's `mia_reference`)."""
+    return float(nll_model) - float(nll_reference)

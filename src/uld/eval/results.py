@@ -3,7 +3,8 @@
 `TOFU_EVAL.json`: `{metric: {"agg_value": float | null, "value_by_index": {index: {...}}}}` with
 the per-item values (generations included in the `*_ROUGE` entries); a metric that could not be
 computed has `"agg_value": null` and `"unavailable": "<reason>"`.
-`TOFU_SUMMARY.json`: `{metric: agg_value}` plus `"unavailable": {metric: reason}` when any.
+`TOFU_SUMMARY.json`: `{metric: agg_value}`, numbers only, as OpenUnlearning's (a metric without
+a value is left out). `TOFU_UNAVAILABLE.json` beside it: `{metric: reason}` for those.
 """
 
 from __future__ import annotations
@@ -15,44 +16,35 @@ from typing import Any
 
 from uld.errors import UldError
 from uld.eval.metrics import direction_of
-from uld.eval.tofu import summarize
+from uld.eval.tofu import summarize, unavailable_reasons
 from uld.io import atomic_write_json
 
 EVAL_FILE = "TOFU_EVAL.json"
 SUMMARY_FILE = "TOFU_SUMMARY.json"
-
-HEADLINE = (
-    ("forget_quality", "forget quality (KS p-value vs retain model)"),
-    ("model_utility", "model utility (harmonic mean of 9)"),
-    ("forget_truth_ratio", "forget truth ratio"),
-    ("forget_Q_A_Prob", "forget probability"),
-    ("forget_Q_A_ROUGE", "forget ROUGE-L recall"),
-    ("retain_Q_A_Prob", "retain probability"),
-    ("retain_Q_A_ROUGE", "retain ROUGE-L recall"),
-    ("retain_Truth_Ratio", "retain truth ratio"),
-    ("ra_Q_A_Prob_normalised", "real authors probability"),
-    ("ra_Q_A_ROUGE", "real authors ROUGE-L recall"),
-    ("ra_Truth_Ratio", "real authors truth ratio"),
-    ("wf_Q_A_Prob_normalised", "world facts probability"),
-    ("wf_Q_A_ROUGE", "world facts ROUGE-L recall"),
-    ("wf_Truth_Ratio", "world facts truth ratio"),
-    ("mia_loss", "MIA AUC, LOSS"),
-    ("mia_zlib", "MIA AUC, zlib"),
-    ("mia_min_k", "MIA AUC, Min-K% (k=0.4)"),
-    ("mia_min_k_plus_plus", "MIA AUC, Min-K%++ (k=0.4)"),
-    ("privleak", "privleak (%, Min-K% AUC vs retain model)"),
-)
+UNAVAILABLE_FILE = "TOFU_UNAVAILABLE.json"
 ARROWS = {"higher": "↑", "lower": "↓", "closer_to_zero": "→0", "closer_to_half": "→0.5"}
+_FIRST = ("forget_quality", "model_utility")
+
+
+def headline(task: str = "tofu") -> list[tuple[str, str]]:
+    """(metric, label) rows of the result table, from the metric registry: forget quality and
+    model utility first, then the other headline metrics in registry order."""
+    from uld.eval.registry import metrics_of
+
+    table = metrics_of(task)
+    rows = [(n, table[n].label) for n in _FIRST if n in table]
+    return rows + [(n, m.label) for n, m in table.items() if m.headline and n not in _FIRST]
 
 
 def write_results(out_dir: str | Path, metrics: dict[str, dict]) -> dict[str, Any]:
-    """Write both files atomically (each through a temp file + rename); returns the summary."""
+    """Write the three files atomically (each through a temp file + rename); returns the summary."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UldError(f"--out {str(out)!r} is a file; give a directory for {EVAL_FILE} and {SUMMARY_FILE}")
     summary = summarize(metrics)
     atomic_write_json(out / EVAL_FILE, metrics)
     atomic_write_json(out / SUMMARY_FILE, summary)
+    atomic_write_json(out / UNAVAILABLE_FILE, unavailable_reasons(metrics))
     return summary
 
 
@@ -79,21 +71,22 @@ def format_value(name: str, value: Any) -> str:
     return f"{value:.4f}"
 
 
-def print_table(summary: dict[str, Any], console=None, title: str = "TOFU evaluation") -> None:
+def print_table(summary: dict[str, Any], console=None, title: str = "TOFU evaluation",
+                reasons: dict[str, str] | None = None, task: str = "tofu") -> None:
     """A rich table of the headline numbers; unavailable ones show their reason."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    reasons = summary.get("unavailable", {})
+    reasons = reasons or {}
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("better", justify="center")
     table.add_column("value", justify="right")
-    for name, label in HEADLINE:
-        if name not in summary:
+    for name, label in headline(task):
+        if name not in summary and name not in reasons:
             continue
-        value = summary[name]
+        value = summary.get(name)
         shown = format_value(name, value) if value is not None else f"unavailable: {reasons.get(name, 'not computed')}"
         table.add_row(label, ARROWS.get(direction_of(name) or "", ""), shown)
     console.print(table)

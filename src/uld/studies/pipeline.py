@@ -208,22 +208,12 @@ def build_pipeline(cache: str | Path = DEFAULT_CACHE, cfg: PipelineConfig | None
 def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path, reference: str | Path | None = None,
                    forget: str = "forget10", device: str | None = None, batch_size: int = 16,
                    max_new_tokens: int = 64) -> dict[str, Any]:
-    """What `uld eval` does, as a function: writes TOFU_EVAL.json / TOFU_SUMMARY.json into `out`
-    and returns the full metrics (TOFU_EVAL.json layout)."""
-    import torch
+    """`uld eval` of a pipeline model (the same code, `uld.eval.run.evaluate_model`), with the
+    miniature's settings: 64 new tokens (its answers are shorter) and batch 16 (values do not
+    depend on the batch size). Writes the result files into `out`; returns the full metrics."""
+    from uld.eval.config import EvalConfig
+    from uld.eval.run import evaluate_model as run_eval
 
-    from uld.data.prompts import PromptFormat
-    from uld.eval.reference import read_log
-    from uld.eval.results import write_results
-    from uld.eval.scoring import CausalLMScorer
-    from uld.eval.tofu import evaluate, load_tofu_data
-    from uld.models.loading import load_model, resolve_model_path
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tofu = load_tofu_data(str(data), forget)
-    ref = read_log(reference) if reference else None
-    lm, tokenizer = load_model(resolve_model_path(str(model_dir)), device=device)
-    scorer = CausalLMScorer(lm, tokenizer, PromptFormat(), batch_size=batch_size, max_length=256, device=device)
-    metrics = evaluate(scorer, tofu, reference=ref, max_new_tokens=max_new_tokens)
-    write_results(out, metrics)
+    config = EvalConfig(forget=forget, device=device, batch_size=batch_size, max_new_tokens=max_new_tokens, max_length=256)
+    metrics, _ = run_eval(model_dir, data, out, config, reference=reference)
     return metrics
