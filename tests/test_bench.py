@@ -45,6 +45,8 @@ def test_bench_all_writes_json_and_table_with_positive_ratios(tiny_bench, tmp_pa
     e = res["eval"]
     assert e["items"] == 4 * 2 and e["speedup"] > 0
     assert e["max_abs_diff"] < 1e-4  # batched scoring and generation give batch-1's values
+    assert set(e["groups"]) == {"probability", "generation", "memorization", "mia", "gradient"}
+    assert all(row["items"] > 0 and row["items_per_s"] > 0 for row in e["groups"].values())
     md = (out / "bench.md").read_text()
     assert "## train" in md and "## generate" in md and "## eval" in md
     assert "ULD" in capsys.readouterr().out

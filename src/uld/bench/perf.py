@@ -204,7 +204,50 @@ def _case_eval(model: str, data: str, repeats: int, sizes: BenchSizes) -> dict:
         )
         result[f"batch{bs}"] = {"seconds": times}
     result["max_abs_diff"] = float(np.max(np.abs(values[1] - values[sizes.eval_batch])))
+    result["groups"] = _eval_groups(target, tok, data, repeats, sizes, device)
     return result
+
+
+EVAL_GROUPS = ("probability", "generation", "memorization", "mia", "gradient")
+"""Metric groups of the registry timed by `eval`, each alone (its requests only)."""
+
+
+def _eval_groups(target, tok, data: str, repeats: int, sizes: BenchSizes, device: str) -> dict:
+    """Seconds and items/s of each metric group at the batched size: the TOFU task scores only
+    what the group's metrics need; items = requests answered (scored sequences, generated
+    questions, or attacked forget + holdout items), counted through the progress callback."""
+    from uld.data.prompts import PromptFormat
+    from uld.eval.lm import HFLanguageModel
+    from uld.eval.registry import select
+    from uld.eval.tasks.tofu import QAEncoder, load_tofu_data, score
+
+    tofu = load_tofu_data(data, "forget10", max_items=sizes.eval_items, mia=True)
+    lm = HFLanguageModel(target, tok, batch_size=sizes.eval_batch, device=device)
+    encoder = QAEncoder(tok, PromptFormat(), "uld", 512)
+    out = {}
+    for group in EVAL_GROUPS:
+        names = select("tofu", group)
+        counted: dict[str, int] = {}
+
+        def progress(description: str, total: int, counted=counted):
+            def tick(n: int) -> None:
+                counted[description] = counted.get(description, 0) + n
+            return tick
+
+        times = []
+        for _ in range(repeats):
+            counted.clear()
+            _sync()
+            t0 = time.perf_counter()
+            score(lm, encoder, tofu, names, max_new_tokens=sizes.eval_new_tokens, progress=progress)
+            _sync()
+            times.append(time.perf_counter() - t0)
+        if group == "gradient":  # its likelihood prerequisites are the mia group's; count the attacked items
+            items = counted.get("gradient norms", 0)
+        else:
+            items = sum(counted.values())
+        out[group] = {"metrics": names, "items": items, "seconds": times}
+    return out
 
 
 def worker(spec: dict) -> dict:
@@ -292,6 +335,11 @@ def bench_eval(model: str, data: str, repeats: int, sizes: BenchSizes, step=None
     out["batch_size"] = sizes.eval_batch
     out["speedup"] = out[f"batch{sizes.eval_batch}"]["items_per_s"] / out["batch1"]["items_per_s"]
     out["max_abs_diff"] = r["max_abs_diff"]
+    out["groups"] = {}
+    for g, row in r.get("groups", {}).items():
+        sec = _med(row["seconds"])
+        out["groups"][g] = {"items": row["items"], "seconds": sec, "items_per_s": row["items"] / sec if sec > 0 else None,
+                            "metrics": row["metrics"]}
     if step:
         step()
     return out
@@ -356,4 +404,12 @@ def to_markdown(res: dict[str, Any]) -> str:
                   "| batch size | items/s |", "|---|---|",
                   f"| 1 | {e['batch1']['items_per_s']:.2f} |", f"| {e['batch_size']} | {e[b]['items_per_s']:.2f} |", "",
                   f"Speed-up {e['speedup']:.2f}x; max abs difference of per-item values {e['max_abs_diff']:.2e}.", ""]
+        if e.get("groups"):
+            lines += [f"Per metric group (batch {e['batch_size']}; each group's requests only):", "",
+                      "| group | items | seconds | items/s |", "|---|---|---|---|"]
+            for g, row in e["groups"].items():
+                ips = f"{row['items_per_s']:.1f}" if row["items_per_s"] else "-"
+                lines.append(f"| {g} | {row['items']} | {row['seconds']:.2f} | {ips} |")
+            lines += ["", "gradient: items/s counts the attacked items, its seconds include the likelihood "
+                      "scoring the attacks share.", ""]
     return "\n".join(lines)

@@ -81,4 +81,6 @@ def summary_rows(res: dict) -> list[tuple[str, str, str, str]]:
         batched = e[f"batch{e['batch_size']}"]
         rows.append(("eval", f"batch {e['batch_size']} vs 1", f"{batched['items_per_s']:.2f} vs "
                      f"{e['batch1']['items_per_s']:.2f} items/s (max diff {e['max_abs_diff']:.1e})", f"{e['speedup']:.2f}x"))
+        for group, row in e.get("groups", {}).items():
+            rows.append(("eval", group, f"{row['items_per_s']:.1f} items/s ({row['items']} items)", ""))
     return rows
