@@ -11,7 +11,14 @@ from uld.data.prompts import PromptFormat
 from uld.errors import UldError
 from uld.eval import metrics as M
 from uld.eval.registry import select
-from uld.eval.tasks.tofu import QAEncoder, compute_metrics, evaluate_tofu, load_tofu_data, mia_entry, summarize
+from uld.eval.tasks.tofu import (
+    QAEncoder,
+    compute_metrics,
+    evaluate_tofu,
+    load_tofu_data,
+    mia_entry,
+    summarize,
+)
 from uld.testing import FakeLM
 
 QA = PromptFormat("Question: {question}\nAnswer:", " ", use_chat_template=False)  # OpenUnlearning's non-chat template

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from uld.bench import measure as M
+from uld.bench.eval_groups import eval_groups
 from uld.errors import UldError
 
 BENCHES = ("train", "generate", "eval")
@@ -204,50 +205,9 @@ def _case_eval(model: str, data: str, repeats: int, sizes: BenchSizes) -> dict:
         )
         result[f"batch{bs}"] = {"seconds": times}
     result["max_abs_diff"] = float(np.max(np.abs(values[1] - values[sizes.eval_batch])))
-    result["groups"] = _eval_groups(target, tok, data, repeats, sizes, device)
+    result["groups"] = eval_groups(target, tok, data, repeats, sizes.eval_items, sizes.eval_batch, sizes.eval_new_tokens, device)
     return result
 
-
-EVAL_GROUPS = ("probability", "generation", "memorization", "mia", "gradient")
-"""Metric groups of the registry timed by `eval`, each alone (its requests only)."""
-
-
-def _eval_groups(target, tok, data: str, repeats: int, sizes: BenchSizes, device: str) -> dict:
-    """Seconds and items/s of each metric group at the batched size: the TOFU task scores only
-    what the group's metrics need; items = requests answered (scored sequences, generated
-    questions, or attacked forget + holdout items), counted through the progress callback."""
-    from uld.data.prompts import PromptFormat
-    from uld.eval.lm import HFLanguageModel
-    from uld.eval.registry import select
-    from uld.eval.tasks.tofu import QAEncoder, load_tofu_data, score
-
-    tofu = load_tofu_data(data, "forget10", max_items=sizes.eval_items, mia=True)
-    lm = HFLanguageModel(target, tok, batch_size=sizes.eval_batch, device=device)
-    encoder = QAEncoder(tok, PromptFormat(), "uld", 512)
-    out = {}
-    for group in EVAL_GROUPS:
-        names = select("tofu", group)
-        counted: dict[str, int] = {}
-
-        def progress(description: str, total: int, counted=counted):
-            def tick(n: int) -> None:
-                counted[description] = counted.get(description, 0) + n
-            return tick
-
-        times = []
-        for _ in range(repeats):
-            counted.clear()
-            _sync()
-            t0 = time.perf_counter()
-            score(lm, encoder, tofu, names, max_new_tokens=sizes.eval_new_tokens, progress=progress)
-            _sync()
-            times.append(time.perf_counter() - t0)
-        if group == "gradient":  # its likelihood prerequisites are the mia group's; count the attacked items
-            items = counted.get("gradient norms", 0)
-        else:
-            items = sum(counted.values())
-        out[group] = {"metrics": names, "items": items, "seconds": times}
-    return out
 
 
 def worker(spec: dict) -> dict:
