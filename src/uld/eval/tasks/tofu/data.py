@@ -65,6 +65,8 @@ class SplitScores:
     pert_answers: list[list[str]] | None = None
     es: np.ndarray | None = None
     em: np.ndarray | None = None
+    inputs: list[str] | None = None
+    """The ROUGE entries' `input` when it is not the question (OpenUnlearning: the decoded prompt)."""
 
     def truth_ratio_r(self, paraphrased: bool) -> np.ndarray | None:
         """R per item; base = the paraphrased answer (forget, retain) or the answer (others).

@@ -49,7 +49,7 @@ def _rouge_entry(s: SplitScores) -> dict | None:
             if s.rouge_more is not None and key in s.rouge_more:
                 item[key] = float(s.rouge_more[key][i])
         item["rougeL_recall"] = float(v)
-        for key, src in (("input", s.questions), ("ground_truth", s.answers), ("generation", s.generations)):
+        for key, src in (("input", s.inputs or s.questions), ("ground_truth", s.answers), ("generation", s.generations)):
             if src is not None:
                 item[key] = src[i]
         vbi[str(i)] = item
@@ -63,8 +63,9 @@ def _other_rouge_entry(s: SplitScores, scores: dict[str, np.ndarray] | None, ref
     for i in range(len(scores["rougeL_recall"])):
         item: dict[str, Any] = {k: scores[k][i].tolist() for k in ROUGE_KEYS}
         multi = scores["rougeL_recall"].ndim == 2
-        if s.questions is not None:
-            item["input"] = [s.questions[i]] * scores["rougeL_recall"].shape[1] if multi else s.questions[i]
+        inputs = s.inputs or s.questions
+        if inputs is not None:
+            item["input"] = [inputs[i]] * scores["rougeL_recall"].shape[1] if multi else inputs[i]
         if refs is not None:
             item["ground_truth"] = refs[i]
         if s.generations is not None:

@@ -154,6 +154,7 @@ def score(
             s.rouge_more = {kk: scores[kk] for kk in ("rouge1_recall", "rougeL_f1")}
             if protocol == "openunlearning":
                 s.answers = refs
+                s.inputs = [encoder.tokenizer.decode(list(encoder.prompt(q)), skip_special_tokens=True) for q in qs]
             if key == "forget" and has_para:
                 paras = [encoder.reference_text(r["question"], r["paraphrased_answer"]) for r in rows]
                 s.para_answers, s.para_rouge = paras, M.rouge_scores(gens, paras)
