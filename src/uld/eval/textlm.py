@@ -20,13 +20,18 @@ the left, so an item's values do not depend on the items that share its batch.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
-ProgressFn = Callable[[int], None]
+from uld.eval.lm import (
+    HFLanguageModel,
+    LoglikelihoodRequest,
+    ProgressFn,
+    batches_by_length,
+    cut_at_stops,
+)
 
 
 class TextLM(Protocol):
@@ -43,29 +48,6 @@ class TextLM(Protocol):
     def truncate(self, text: str, max_tokens: int) -> str: ...
 
 
-def cut_at_stops(text: str, stop: Sequence[str]) -> str:
-    """The text before the first occurrence of any stop string (each applied in turn, as
-    muse_bench's `get_prefix_before_words_occur`)."""
-    for s in stop:
-        if s:
-            text = text.split(s)[0]
-    return text
-
-
-def _accepts(fn, name: str) -> bool:
-    """Whether `fn` takes a keyword `name` (or **kwargs)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def _batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 class HFTextLM:
     """`TextLM` over a causal LM and its tokenizer, batched.
 
@@ -75,20 +57,12 @@ class HFTextLM:
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 8, max_length: int = 2048, device: str | None = None):
-        import torch
-
-        if batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        # Scoring is the model interface's (right padding, explicit positions, batch-invariant);
+        # this class adds the text benchmarks' tokenisation, windows and generation rules.
+        self.lm = HFLanguageModel(model, tokenizer, batch_size=batch_size, device=device, max_length=max_length)
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_length = batch_size, max_length
-        if device is None:
-            try:
-                device = str(next(model.parameters()).device)
-            except (StopIteration, AttributeError, TypeError):
-                device = "cpu"
-        self.device = torch.device(device)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._pass_positions = _accepts(model.forward if hasattr(model, "forward") else model, "position_ids")
+        self.device, self.pad_id = self.lm.device, self.lm.pad_id
 
     # -- tokenisation ---------------------------------------------------------------------
 
@@ -104,31 +78,16 @@ class HFTextLM:
     # -- scoring --------------------------------------------------------------------------
 
     def _score(self, seqs: list[list[int]], starts: list[int], progress: ProgressFn | None) -> list[np.ndarray]:
-        """Log-probs of tokens seqs[i][starts[i]:] (each given all tokens before it), (T_i,)."""
-        import torch
-
-        out: list[np.ndarray | None] = [None] * len(seqs)
-        for idx in _batches_by_length([len(s) for s in seqs], self.batch_size):
-            width = max(len(seqs[i]) for i in idx)
-            ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
-                mask[row, : len(seqs[i])] = 1
-            kwargs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
-            if self._pass_positions:
-                kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0).to(self.device)
-            with torch.no_grad():
-                logits = self.model(**kwargs).logits
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position t predicts t+1
-            tok = logp.gather(-1, ids[:, 1:].to(logp.device).unsqueeze(-1)).squeeze(-1).double().cpu().numpy()
-            greedy = (logp.argmax(-1).cpu() == ids[:, 1:]).numpy()
-            for row, i in enumerate(idx):
-                s, n = max(1, starts[i]), len(seqs[i])
-                out[i] = np.stack([tok[row, s - 1 : n - 1], greedy[row, s - 1 : n - 1]])
-            if progress:
-                progress(len(idx))
-        return out  # type: ignore[return-value]
+        """(log-probs, greedy) of tokens seqs[i][starts[i]:] (each given all tokens before it),
+        shape (2, T_i); the first token has no context and is never scored."""
+        starts = [max(1, s) for s in starts]
+        reqs = [LoglikelihoodRequest(tuple(q[:s]), tuple(q[s:])) for q, s in zip(seqs, starts, strict=True)]
+        todo = [i for i, r in enumerate(reqs) if r.continuation]
+        scored = self.lm.loglikelihood([reqs[i] for i in todo], progress=progress)
+        out = [np.zeros((2, 0))] * len(seqs)
+        for i, sc in zip(todo, scored, strict=True):
+            out[i] = np.stack([sc.logprob, sc.greedy])
+        return out
 
     def _windows(self, ids: list[int]) -> list[tuple[list[int], int]]:
         """(sequence, first scored position) windows scoring ids[1:] once each: token 0 is the
@@ -182,7 +141,7 @@ class HFTextLM:
         enc = [self.encode(p) for p in prompts]
         eos = self.tokenizer.eos_token_id
         out: list[str | None] = [None] * len(enc)
-        for idx in _batches_by_length([len(e) for e in enc], self.batch_size):
+        for idx in batches_by_length([len(e) for e in enc], self.batch_size):
             width = max(len(enc[i]) for i in idx)
             ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
