@@ -171,6 +171,14 @@ def describe_os_error(e: OSError) -> str:
     return f"{what} ({e.filename})" if e.filename else what
 
 
+def write_json_files(out_dir: str | os.PathLike, files: dict[str, Any]) -> None:
+    """Write each `name -> object` as JSON into `out_dir`, each file atomically (temp + rename);
+    `UldError` first when `out_dir` cannot be a directory (see `check_out`)."""
+    out = check_out(out_dir)
+    for name, obj in files.items():
+        atomic_write_json(out / name, obj)
+
+
 def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 

@@ -28,6 +28,7 @@ from uld.audit.base import (
 )
 from uld.audit.report import audit_markdown
 from uld.errors import UldError
+from uld.io import check_out
 
 RECOVERY_MEASURES = ("prob", "rouge", "leak")
 
@@ -94,8 +95,7 @@ def run_audit(model: str, data: str, forget: str, out: str | Path, settings: Aud
 
     s = settings or AuditSettings()
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UldError(f"--out {str(out)!r} is a file; give a directory")
+    check_out(out)
     t_start = time.time()
     # ---------------------------------------------------------------- check every input first
     items = load_items(data, forget, s.max_items)

@@ -316,14 +316,10 @@ def summarize(metrics: dict[str, dict]) -> dict[str, float]:
 
 def write_muse_results(out_dir: str | Path, metrics: dict[str, dict]) -> dict[str, float]:
     """Write MUSE_EVAL.json and MUSE_SUMMARY.json atomically; returns the summary."""
-    from uld.io import atomic_write_json
+    from uld.io import write_json_files
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UldError(f"--out {str(out)!r} is a file; give a directory for {EVAL_FILE} and {SUMMARY_FILE}")
     summary = summarize(metrics)
-    atomic_write_json(out / EVAL_FILE, metrics)
-    atomic_write_json(out / SUMMARY_FILE, summary)
+    write_json_files(out_dir, {EVAL_FILE: metrics, SUMMARY_FILE: summary})
     return summary
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from uld.errors import UldError
 from uld.eval.metrics import direction_of
 from uld.eval.tofu import summarize, unavailable_reasons
-from uld.io import atomic_write_json
+from uld.io import write_json_files
 
 EVAL_FILE = "TOFU_EVAL.json"
 SUMMARY_FILE = "TOFU_SUMMARY.json"
@@ -38,13 +38,9 @@ def headline(task: str = "tofu") -> list[tuple[str, str]]:
 
 def write_results(out_dir: str | Path, metrics: dict[str, dict]) -> dict[str, Any]:
     """Write the three files atomically (each through a temp file + rename); returns the summary."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UldError(f"--out {str(out)!r} is a file; give a directory for {EVAL_FILE} and {SUMMARY_FILE}")
     summary = summarize(metrics)
-    atomic_write_json(out / EVAL_FILE, metrics)
-    atomic_write_json(out / SUMMARY_FILE, summary)
-    atomic_write_json(out / UNAVAILABLE_FILE, unavailable_reasons(metrics))
+    write_json_files(out_dir, {EVAL_FILE: metrics, SUMMARY_FILE: summary,
+                               UNAVAILABLE_FILE: unavailable_reasons(metrics)})
     return summary
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from uld.errors import UldError
 from uld.eval.config import EvalConfig, recorded_prompt
 from uld.eval.tasks.tofu import Progress
+from uld.io import check_out
 from uld.models.loading import resolve_model_path
 
 Log = Callable[[str], None]
@@ -20,8 +21,7 @@ def check_output(out: str | Path, inputs: dict[str, str | Path | None]) -> None:
     from uld.eval.results import EVAL_FILE, SUMMARY_FILE, UNAVAILABLE_FILE
 
     out_p = Path(out)
-    if out_p.exists() and not out_p.is_dir():
-        raise UldError(f"--out {str(out_p)!r} is a file; give a directory")
+    check_out(out_p)
     out_r = out_p.resolve()
     written = {out_r / f for f in (EVAL_FILE, SUMMARY_FILE, UNAVAILABLE_FILE)}
     for option, value in inputs.items():

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from uld.errors import UldError, unknown_choice
+from uld.io import check_out
 
 TEXT_TASKS = ("muse", "copyright")
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -24,8 +25,7 @@ def evaluate_text_task(task: str, model: str, data: str, out: str | Path, refere
     if batch_size < 1:
         raise UldError(f"--batch-size must be at least 1, got {batch_size}")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UldError(f"--out {str(out)!r} is a file; give a directory")
+    check_out(out)
     # Inputs are read and checked before the model loads.
     if task == "muse":
         from uld.eval.muse import (

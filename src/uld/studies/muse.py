@@ -30,7 +30,7 @@ from typing import Any
 
 from uld.errors import UldError
 from uld.eval.muse import knowmem_prompt
-from uld.io import atomic_dir, atomic_write_json, atomic_write_text
+from uld.io import atomic_dir, atomic_write_json, atomic_write_text, check_out
 from uld.world.books import BooksConfig, write_books
 
 METHODS = ("uld", "ga", "gd", "npo", "npo_gd", "simnpo", "rmu")
@@ -298,8 +298,7 @@ def run_muse_study(out: Path, cache: Path, seeds: int = 1, methods: tuple[str, .
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UldError(f"unknown method {unknown[0]!r} for the muse study; available: {', '.join(METHODS)}")
-    if out.exists() and not out.is_dir():
-        raise UldError(f"--out {str(out)!r} is a file; give a directory")
+    check_out(out)
     cfg = cfg or MuseStudyConfig()
     t0 = time.time()
     stage_secs = build_models(cache, cfg, log)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from uld.errors import UldError
+from uld.io import check_out
 
 STAGE_FILE = "stage.json"
 FORGET_SPLIT = "forget_study"
@@ -276,8 +277,7 @@ def run_study(model: str, data: str, out: Path, cache: Path, cfg: StudyConfig, v
 
     if seeds < 1:
         raise UldError(f"--seeds must be at least 1, got {seeds}")
-    if out.exists() and not out.is_dir():
-        raise UldError(f"--out {str(out)!r} is a file; give a directory")
+    check_out(out)
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise UldError(f"variant names must be unique, got {names}")

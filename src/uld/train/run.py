@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from uld.errors import UldError, unknown_choice
-from uld.io import atomic_write_json, atomic_write_text
+from uld.io import atomic_write_json, atomic_write_text, check_out
 from uld.train.config import RunConfig, apply_overrides, from_dict, to_yaml
 
 RUN_FILE = "run.json"
@@ -104,8 +104,7 @@ def unlearn(cfg: RunConfig, out: str | Path, resume: bool = False, command: list
         raise UldError("no model given: pass --model PATH_OR_HUB_ID")
     if not cfg.data.source:
         raise UldError("no data given: pass --data DIR_OR_HUB_ID")
-    if out.exists() and not out.is_dir():
-        raise UldError(f"--out {str(out)!r} is a file; give a directory")
+    check_out(out)
     for split in (cfg.data.forget, cfg.data.retain):
         if split and (split in (".", "..") or "/" in split or "\\" in split or Path(split).name != split):
             raise UldError(f"split name {split!r} must be a plain name such as forget10, not a path")
