@@ -97,16 +97,14 @@ def prepare_miniature(work: Path, sizes: BenchSizes) -> tuple[str, str]:
 
 
 def _case_train(model: str, data: str, method: str, repeats: int, sizes: BenchSizes, work: str) -> dict:
-    from uld.train.config import RunConfig
+    from uld.train.config import make_config
     from uld.train.run import unlearn
 
     times, peak = [], 0.0
     for r in range(repeats):
-        cfg = RunConfig(model=model, method=method)
-        cfg.data.source, cfg.data.forget, cfg.data.retain = data, "forget10", "retain90"
-        cfg.augment.source = "none"  # same data for every method
-        cfg.train.epochs, cfg.train.batch_size = 1, sizes.train_batch
-        cfg.train.mixed_precision = "no"
+        cfg = make_config(model=model, method=method, data__source=data, data__forget="forget10",
+                          data__retain="retain90", augment__source="none",  # same data for every method
+                          train__epochs=1, train__batch_size=sizes.train_batch, train__mixed_precision="no")
         start = M.peak_start()
         out = Path(work) / f"train-{method}-{r}"
         unlearn(cfg, out)

@@ -50,20 +50,21 @@ def demo_settings(quick: bool) -> dict[str, Any]:
 
 def run_method(method: str, recipe: dict[str, Any], target: Path, data: Path, out: Path, seed: int, batch_size: int) -> Path:
     """One `uld unlearn` run (the Python function behind the command) into `out`."""
-    from uld.train.config import RunConfig
+    from uld.train.config import make_config
     from uld.train.run import unlearn
 
-    cfg = RunConfig(model=str(target), method=method, seed=seed)
-    cfg.data.source, cfg.data.forget, cfg.data.retain = str(data), "forget10", "retain90"
-    cfg.data.max_length = 128
-    cfg.train.lr, cfg.train.epochs = recipe["lr"], recipe["epochs"]
-    cfg.train.batch_size = recipe.get("batch_size", batch_size)
-    cfg.train.stop_forget_prob = recipe.get("stop_forget_prob")
+    options: dict[str, Any] = {
+        "data__source": str(data), "data__forget": "forget10", "data__retain": "retain90", "data__max_length": 128,
+        "train__lr": recipe["lr"], "train__epochs": recipe["epochs"],
+        "train__batch_size": recipe.get("batch_size", batch_size),
+        "train__stop_forget_prob": recipe.get("stop_forget_prob"),
+    }
     if method == "uld":
-        cfg.policy.num_layers, cfg.policy.lora_rank = recipe["num_layers"], recipe["lora_rank"]
-        cfg.augment.source, cfg.augment.file = "file", str(data / "augment_forget10.jsonl")
-        cfg.augment.num_distractors = recipe.get("num_distractors", cfg.augment.num_distractors)
-    cfg.resolve()
+        options.update(policy__num_layers=recipe["num_layers"], policy__lora_rank=recipe["lora_rank"],
+                       augment__source="file", augment__file=str(data / "augment_forget10.jsonl"))
+        if "num_distractors" in recipe:
+            options["augment__num_distractors"] = recipe["num_distractors"]
+    cfg = make_config(model=str(target), method=method, seed=seed, **options)
     return unlearn(cfg, out)
 
 

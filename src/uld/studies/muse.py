@@ -92,9 +92,10 @@ def _general_sentences(seed: int) -> list[str]:
     return [r["answer"] for r in world.splits["general"] if r["answer"].startswith(("The capital of ", "People in "))]
 
 
-def _data_config(cfg: MuseStudyConfig, run) -> None:
-    run.data.template, run.data.answer_prefix, run.data.use_chat_template = "{question}", "", False
-    run.data.max_length = cfg.max_length
+def _data_options(cfg: MuseStudyConfig) -> dict[str, Any]:
+    # Raw text: the question is the whole prompt, with no template, prefix or chat template.
+    return {"data__template": "{question}", "data__answer_prefix": "", "data__use_chat_template": False,
+            "data__max_length": cfg.max_length}
 
 
 def _stage(path: Path, name: str, body: Callable[[Path], dict], log: Log) -> float:
@@ -116,7 +117,7 @@ def build_models(cache: Path, cfg: MuseStudyConfig, log: Log = print) -> dict[st
     from uld.data.tokenizer import train_bpe_tokenizer
     from uld.models.loading import load_tokenizer
     from uld.models.miniature import miniature_llama
-    from uld.train.config import RunConfig
+    from uld.train.config import make_config
     from uld.train.loop import finetune
 
     cache.mkdir(parents=True, exist_ok=True)
@@ -170,11 +171,10 @@ def build_models(cache: Path, cfg: MuseStudyConfig, log: Log = print) -> dict[st
             tok = load_tokenizer(str(cache / "tokenizer"))
             torch.manual_seed(cfg.seed)
             model = miniature_llama(tok, cfg.hidden, cfg.layers, cfg.intermediate, cfg.heads, max(256, cfg.max_length))
-            run = RunConfig(method="sft", seed=cfg.seed)
-            run.train.epochs, run.train.lr, run.train.batch_size = cfg.train_epochs, cfg.train_lr, cfg.batch_size
-            _data_config(cfg, run)
+            run = make_config(method="sft", seed=cfg.seed, train__epochs=cfg.train_epochs, train__lr=cfg.train_lr,
+                              train__batch_size=cfg.batch_size, **_data_options(cfg))
             records = [r for s in splits for r in rows(s)]
-            r = finetune(model, tok, records, run.resolve())
+            r = finetune(model, tok, records, run)
             r.module.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             return {"records": len(records), "params": sum(p.numel() for p in model.parameters()), "history": r.history[-1:]}
@@ -226,22 +226,20 @@ def evaluate_text_model(model_dir: Path, books: Path, out: Path, reference: Path
 
 def unlearn_books(method: str, recipe: dict[str, Any], cache: Path, out: Path, seed: int, cfg: MuseStudyConfig) -> Path:
     """One `uld unlearn` run of the forget chapters from the target."""
-    from uld.train.config import RunConfig
+    from uld.train.config import make_config
     from uld.train.run import unlearn
 
-    run = RunConfig(model=str(cache / "target"), method=method, seed=seed)
-    run.data.source, run.data.forget, run.data.retain = str(cache / "data" / "train"), "forget", "retain"
-    _data_config(cfg, run)
-    run.train.lr, run.train.epochs, run.train.batch_size = recipe["lr"], recipe["epochs"], recipe["batch_size"]
-    run.train.stop_forget_prob = recipe.get("stop_forget_prob")
-    run.loss = dict(recipe.get("loss", {}))
+    options: dict[str, Any] = {
+        "data__source": str(cache / "data" / "train"), "data__forget": "forget", "data__retain": "retain",
+        **_data_options(cfg),
+        "train__lr": recipe["lr"], "train__epochs": recipe["epochs"], "train__batch_size": recipe["batch_size"],
+        "train__stop_forget_prob": recipe.get("stop_forget_prob"), "loss": dict(recipe.get("loss", {})),
+    }
     if method == "uld":
         # ULD's augmentation for text: D'_f = forget chapters + their paraphrased retellings.
-        run.data.forget = "forget_augmented"
-        run.augment.source = "none"
-        run.policy.num_layers, run.policy.lora_rank = recipe["num_layers"], recipe["lora_rank"]
-    run.resolve()
-    return unlearn(run, out)
+        options.update(data__forget="forget_augmented", augment__source="none",
+                       policy__num_layers=recipe["num_layers"], policy__lora_rank=recipe["lora_rank"])
+    return unlearn(make_config(model=str(cache / "target"), method=method, seed=seed, **options), out)
 
 
 COLUMNS = (

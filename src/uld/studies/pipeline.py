@@ -88,12 +88,10 @@ def _done(stage: Path) -> bool:
 
 
 def _run_config(cfg: PipelineConfig, epochs: int, lr: float):
-    from uld.train.config import RunConfig
+    from uld.train.config import make_config
 
-    run = RunConfig(method="sft", seed=cfg.seed)
-    run.train.epochs, run.train.lr, run.train.batch_size = epochs, lr, cfg.batch_size
-    run.data.max_length = cfg.max_length
-    return run.resolve()
+    return make_config(method="sft", seed=cfg.seed, train__epochs=epochs, train__lr=lr,
+                       train__batch_size=cfg.batch_size, data__max_length=cfg.max_length)
 
 
 def _save_model(model, tokenizer, out: Path) -> None:

@@ -161,13 +161,11 @@ def _stage(path: Path, name: str, body: Callable[[Path], dict], log: Log, second
 def _finetune(model_path: str, data: Path, split: str, cfg: StudyConfig, out: Path, log: Log) -> dict:
     from uld.data.records import load_split
     from uld.models.loading import load_causal_lm, load_tokenizer
-    from uld.train.config import RunConfig
+    from uld.train.config import make_config
     from uld.train.loop import finetune
 
-    run = RunConfig(method="sft", seed=cfg.seed)
-    run.train.epochs, run.train.lr, run.train.batch_size = cfg.finetune_epochs, cfg.finetune_lr, cfg.finetune_batch
-    run.data.max_length = cfg.max_length
-    run.resolve()
+    run = make_config(method="sft", seed=cfg.seed, train__epochs=cfg.finetune_epochs, train__lr=cfg.finetune_lr,
+                      train__batch_size=cfg.finetune_batch, data__max_length=cfg.max_length)
     tok = load_tokenizer(model_path)
     model = load_causal_lm(model_path)
     model.train()
@@ -224,7 +222,6 @@ def run_variant(v: Variant, target: Path, data: Path, out: Path, seed: int, cfg:
     if v.method == "uld":
         base.update({"augment.source": "file", "augment.file": str(data / "augment.jsonl")})
     run = build_config((base, " in the study"), (dict(v.overrides), f" in variant {v.name!r}"))
-    run.resolve()
     return unlearn(run, out)
 
 

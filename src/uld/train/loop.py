@@ -17,6 +17,7 @@ and `uld.train.checkpoint` (`checkpoints/epoch-{e}/`, the last `keep_checkpoints
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from uld.errors import UldError
 from uld.methods.base import LossInputs, MethodSpec, get_method
 from uld.ops import sequence_nll
 from uld.train.checkpoint import Checkpointer, latest_checkpoint
-from uld.train.config import RunConfig
+from uld.train.config import PolicyConfig, RunConfig
 from uld.train.logs import RunLog, progress_bar, to_numbers
 from uld.train.policy import Policy
 
@@ -356,7 +357,6 @@ def finetune(model, tokenizer, records, cfg: RunConfig | None = None, run_dir: s
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     policy = FullPolicy(model, needs_frozen=False)
     sft = get_method("sft")
-    if cfg.method != "sft":  # the options belong to another method
-        cfg = RunConfig(**{**{f: getattr(cfg, f) for f in ("model", "seed", "data", "augment", "train")},
-                           "method": "sft"})
+    if cfg.method != "sft":  # the loss options and the policy belong to another method
+        cfg = dataclasses.replace(cfg, method="sft", loss={}, policy=PolicyConfig())
     return train(policy, sft, TrainData(forget=items, pad_id=pad), cfg, run_dir, resume, accelerator)
