@@ -18,6 +18,24 @@ def test_uld_defaults_are_the_papers():
     assert cfg.policy.num_layers == 0  # 0 = a quarter of the target's layers
 
 
+def test_uld_model_defaults_are_the_papers_everywhere():
+    """The assistant weight (paper's alpha, 0.75 on TOFU), filter rate 1e-2 and LoRA r 32 / alpha 32 /
+    dropout 0.05 reach the run config, the saved model's config, the model and the assistant builder
+    from one definition."""
+    import inspect
+
+    from uld.models.assistant import build_assistant
+    from uld.models.uld import ULDConfig, ULDForCausalLM
+
+    paper = {"assistant_weight": 0.75, "filter_rate": 1e-2, "lora_rank": 32, "lora_alpha": 32.0, "lora_dropout": 0.05}
+    policy, saved = RunConfig(method="uld").policy, ULDConfig()
+    assert {k: getattr(policy, k) for k in paper} == paper
+    assert {k: getattr(saved, k) for k in paper} == paper
+    for fn in (ULDForCausalLM.__init__, build_assistant):
+        params = inspect.signature(fn).parameters
+        assert {k: params[k].default for k in paper if k in params} == {k: paper[k] for k in paper if k in params}
+
+
 def test_baselines_default_to_full_model_and_tofu_learning_rate():
     cfg = RunConfig(method="npo")
     assert (cfg.policy.kind, cfg.train.lr, cfg.train.epochs) == ("full", 1e-5, 10)

@@ -41,6 +41,7 @@ from torch import nn
 
 from uld.errors import UldError
 from uld.models.blocks import check_block_count, find_decoder_blocks, truncate_blocks
+from uld.models.defaults import LORA_ALPHA, LORA_DROPOUT, LORA_RANK
 
 __all__ = ["LoraRows", "ULDAssistant", "build_assistant", "find_decoder_blocks"]
 
@@ -160,9 +161,9 @@ def _shared_copy(target: nn.Module) -> nn.Module:
 def build_assistant(
     target: nn.Module,
     num_layers: int | None = None,
-    lora_rank: int = 32,
-    lora_alpha: float = 32,
-    lora_dropout: float = 0.05,
+    lora_rank: int = LORA_RANK,
+    lora_alpha: float = LORA_ALPHA,
+    lora_dropout: float = LORA_DROPOUT,
     target_modules: list[str] | str | None = None,
 ) -> ULDAssistant:
     """Build the ULD assistant from `target` (paper: K = layers/4, LoRA r 32, alpha 32,

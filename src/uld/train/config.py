@@ -22,17 +22,12 @@ from typing import Any
 
 from uld.errors import UldError, unknown_choice
 from uld.methods.base import POLICY_KINDS, Options, get_method
+from uld.models.defaults import ASSISTANT_WEIGHT, FILTER_RATE, LORA_ALPHA, LORA_DROPOUT, LORA_RANK
 from uld.options import check_range, coerce
 
 AUGMENT_SOURCES = ("auto", "none", "fields", "file")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 SCHEDULES = ("linear", "cosine", "constant")
-
-# The ULD weight alpha in `target - alpha * assistant` (paper: 0.75 on TOFU) and the assistant's
-# LoRA (paper: rank 32, alpha 32, dropout 0.05): the defaults of `uld unlearn`.
-ASSISTANT_WEIGHT = 0.75
-FILTER_RATE = 1e-2
-LORA_RANK, LORA_ALPHA, LORA_DROPOUT = 32, 32.0, 0.05
 
 # Options that were renamed; the old name is refused with a pointer to the new one.
 RENAMED = {"policy.alpha": "policy.assistant_weight"}

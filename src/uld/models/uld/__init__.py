@@ -18,7 +18,7 @@ _HOMES = {
     "ULDCache": "cache",
     "SPARSE_HEAD_FAMILIES": "combine", "combine_logits": "combine", "combine_with_head": "combine",
     "plausibility_mask": "combine", "sparse_head_parts": "combine",
-    "ASSISTANT_WEIGHT": "config", "FILTER_RATE": "config", "ULDConfig": "config",
+    "ULDConfig": "config",
     "ULDForCausalLM": "model",
 }
 

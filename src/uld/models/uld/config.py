@@ -14,10 +14,7 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-ASSISTANT_WEIGHT = 0.75
-"""Default assistant weight w in `target - w * assistant` (paper's alpha on TOFU: 0.75)."""
-FILTER_RATE = 1e-2
-"""Default plausibility rate r (paper: 1e-2)."""
+from uld.models.defaults import ASSISTANT_WEIGHT, FILTER_RATE, LORA_ALPHA, LORA_DROPOUT, LORA_RANK
 
 # Fields copied from the target's (text) config, under the same names.
 TARGET_FIELDS = ("vocab_size", "max_position_embeddings", "hidden_size", "bos_token_id", "eos_token_id",
@@ -49,9 +46,9 @@ class ULDConfig(PreTrainedConfig):
     assistant_weight: float = ASSISTANT_WEIGHT
     filter_rate: float = FILTER_RATE
     num_layers: int = 1
-    lora_rank: int = 32
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
+    lora_rank: int = LORA_RANK
+    lora_alpha: float = LORA_ALPHA
+    lora_dropout: float = LORA_DROPOUT
     target_modules: list[str] | None = None
     target_name_or_path: str | None = None
     target_saved_from: str | None = None

@@ -31,6 +31,7 @@ import torch
 from uld.errors import UldError
 from uld.io import atomic_write_text, replace_dir, usual_permissions
 from uld.models.assistant import build_assistant
+from uld.models.defaults import LORA_ALPHA, LORA_DROPOUT
 from uld.models.uld.config import ULDConfig
 from uld.models.uld.identity import fingerprint_difference, target_fingerprint
 
@@ -184,8 +185,8 @@ def read_config(root: Path) -> ULDConfig:
     entry = f"./{TARGET_DIR}" if old.get("target_saved") else old["target_name_or_path"]
     return ULDConfig(
         assistant_weight=float(old["alpha"]), filter_rate=float(old["filter_rate"]), num_layers=int(old["num_layers"]),
-        lora_rank=int(old["lora_rank"]), lora_alpha=float(old.get("lora_alpha", 32)),
-        lora_dropout=float(old.get("lora_dropout", 0.05)), target_modules=old.get("target_modules"),
+        lora_rank=int(old["lora_rank"]), lora_alpha=float(old.get("lora_alpha", LORA_ALPHA)),
+        lora_dropout=float(old.get("lora_dropout", LORA_DROPOUT)), target_modules=old.get("target_modules"),
         target_name_or_path=entry, vocab_size=old.get("vocab_size"),
     )
 

@@ -34,9 +34,10 @@ from transformers.modeling_utils import slice_logits_to_keep
 
 from uld.errors import UldError
 from uld.models.assistant import ULDAssistant
+from uld.models.defaults import ASSISTANT_WEIGHT, FILTER_RATE
 from uld.models.uld.cache import ULDCache
 from uld.models.uld.combine import combine_logits, combine_with_head, sparse_head_parts
-from uld.models.uld.config import ASSISTANT_WEIGHT, FILTER_RATE, ULDConfig, target_fields
+from uld.models.uld.config import ULDConfig, target_fields
 
 # Forward flags that still allow the fused pass when passed as False.
 _FALSE_FLAGS = ("output_attentions", "output_hidden_states")
