@@ -1,4 +1,5 @@
-"""ULD's data augmentation (DESIGN §2; Ji et al. 2024, §4.2).
+"""ULD's data augmentation (Ji et al. 2024, §4.2: without it, forget quality on TOFU forget10
+falls from 0.52 to 1e-7).
 
     D'_f = forget QAs + paraphrased versions of them            (paper: 2 per pair)
     D'_r = retain QAs, as many as forget QAs

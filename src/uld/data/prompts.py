@@ -1,8 +1,9 @@
 """Prompt formatting and QA tokenisation with label masks.
 
 The prompt and the answer are tokenised *separately* and their ids joined, so the answer's
-first token is always its own token and always scored (DESIGN §3: tokenising the joined string
-lets a byte-level BPE merge the prompt's trailing space into the answer). The answer ends with
+first token is always its own token and always scored (tokenising the joined string lets a
+byte-level BPE merge the prompt's trailing space into the answer's first token, which an
+evaluator that masks the prompt's length then leaves unscored). The answer ends with
 the tokenizer's EOS token, which is scored too (as in TOFU's original evaluation).
 """
 

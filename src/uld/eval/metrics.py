@@ -1,4 +1,4 @@
-"""TOFU metrics as pure functions of per-item values (DESIGN §3, Maini et al. 2024).
+"""TOFU metrics as pure functions of per-item values (Maini et al. 2024, "TOFU: A Task of Fictitious Unlearning").
 
 Every function takes per-item arrays (no model, no files) and returns either per-item values or
 one aggregate. Each declares which direction is better with `@better(...)`; the direction is

@@ -1,6 +1,6 @@
 """Read evaluation logs back into per-item values: a reference (retain model) or a log to aggregate.
 
-Two public formats (DESIGN §3), detected from their keys:
+Two public formats, detected from their keys:
 - the original TOFU `eval_log_aggregated.json`: `eval_log.json` (retain), `eval_log_forget.json`,
   `eval_real_author_wo_options.json`, `eval_real_world_wo_options.json`, each holding
   `avg_gt_loss`, `avg_paraphrased_loss`, `average_perturb_loss`, `rougeL_recall`,

@@ -55,7 +55,7 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """ULD's data augmentation (DESIGN §2): D'_f = forget + paraphrases, D'_r = retain + wrong answers."""
+    """ULD's data augmentation (Ji et al. 2024, §4.2): D'_f = forget + paraphrases, D'_r = retain + wrong answers."""
 
     source: str = "auto"
     """'auto' (the file if given, else the forget records' fields, else none), 'none', 'fields', 'file'."""
@@ -120,7 +120,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     stop_forget_prob: float | None = None
-    """Stop when the policy's mean forget-answer probability reaches this (checked each epoch; for ULD, DESIGN §6)."""
+    """Stop when the policy's mean forget-answer probability reaches this (checked each epoch). For ULD: a small
+    assistant trained for the paper's fixed 10 epochs may never memorise the forget set, and then the
+    subtraction removes little; training until it does (e.g. 0.9) is what makes it work at small scale."""
     stop_after_epoch: int | None = None
     """End the process after this epoch (checkpoint kept) and continue later with --resume."""
     keep_checkpoints: int = 1
