@@ -26,9 +26,10 @@ def bench_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from uld.bench.perf import BENCHES, BenchSizes, run_benches, steps_of, to_markdown
+    from uld.bench.perf import BENCHES, BenchSizes, run_benches, steps_of
+    from uld.bench.report import summary_rows, write_report
     from uld.errors import UldError, unknown_choice
-    from uld.io import atomic_dir, check_out
+    from uld.io import check_out
 
     if which not in WHICH:
         raise unknown_choice("benchmark", which, WHICH)
@@ -44,13 +45,8 @@ def bench_command(
         with Progress(*columns, console=console) as bar:
             task = bar.add_task(f"bench {which}", total=steps_of(names, sizes))
             res = run_benches(names, model, data, repeats, Path(work), sizes, step=lambda: bar.advance(task))
-    md = to_markdown(res)
     if out is not None:
-        import json
-
-        with atomic_dir(out) as tmp:
-            (tmp / "bench.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-            (tmp / "bench.md").write_text(md, encoding="utf-8")
+        write_report(out, res)
     table = Table(title=f"uld bench {which} (median of {repeats}; {res['machine']['device']}, "
                   f"{res['machine']['cpu_count']} CPUs)")
     for col in ("benchmark", "case", "value", "ratio"):
@@ -60,27 +56,3 @@ def bench_command(
     Console().print(table)
     if out is not None:
         console.print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
-
-
-def summary_rows(res: dict) -> list[tuple[str, str, str, str]]:
-    from uld.bench.perf import TRAIN_METHODS
-
-    rows = []
-    if "train" in res:
-        t = res["train"]
-        for m in TRAIN_METHODS:
-            ratio = "1.00" if m == "uld" else f"ULD {t[f'speedup_vs_{m}']:.2f}x faster"
-            rows.append(("train", m, f"{t[m]['epoch_seconds']:.2f} s/epoch, {t[m]['peak_mb']:.0f} MB", ratio))
-    if "generate" in res:
-        for key, row in res["generate"].items():
-            if key.startswith("batch"):
-                rows.append(("generate", f"batch {key[5:]}", f"target {row['target']['tokens_per_s']:.0f} tok/s, "
-                             f"ULD {row['uld']['tokens_per_s']:.0f} tok/s", f"{row['throughput_ratio']:.2f}x"))
-    if "eval" in res:
-        e = res["eval"]
-        batched = e[f"batch{e['batch_size']}"]
-        rows.append(("eval", f"batch {e['batch_size']} vs 1", f"{batched['items_per_s']:.2f} vs "
-                     f"{e['batch1']['items_per_s']:.2f} items/s (max diff {e['max_abs_diff']:.1e})", f"{e['speedup']:.2f}x"))
-        for group, row in e.get("groups", {}).items():
-            rows.append(("eval", group, f"{row['items_per_s']:.1f} items/s ({row['items']} items)", ""))
-    return rows
