@@ -72,13 +72,32 @@ def test_chat_template_is_applied_unless_disabled(tokenizer):
     "extra, message",
     [
         (["--top-k", "3"], "--top-k applies only with --sample"),
-        (["--sample", "--temperature", "0"], "--temperature must be > 0"),
+        (["--sample", "--temperature", "0"], "--temperature must be a finite number above 0, got 0.0"),
+        (["--sample", "--temperature", "nan"], "--temperature must be a finite number above 0, got nan"),
+        (["--sample", "--temperature", "-1"], "--temperature must be a finite number above 0, got -1.0"),
+        (["--sample", "--temperature", "inf"], "--temperature must be a finite number above 0, got inf"),
+        (["--sample", "--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
+        (["--sample", "--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
+        (["--sample", "--top-p", "nan"], "--top-p must be in (0, 1], got nan"),
+        (["--sample", "--top-k", "-1"], "--top-k must be >= 0 (0 = off), got -1"),
+        (["--temperature", "nan"], "--temperature must be a finite number above 0, got nan"),
         (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+        (["--max-new-tokens", "-5"], "--max-new-tokens must be at least 1"),
+        (["--assistant-weight", "nan"], "option --assistant-weight must be a finite number, got nan"),
+        (["--assistant-weight", "-2"], "option --assistant-weight must be >= 0, got -2"),
+        (["--filter-rate", "5"], "option --filter-rate must be in [0, 1], got 5"),
+        (["--device", "gpu"], "--device 'gpu' is not a torch device"),
+        (["--device", "cuda:7"], "--device 'cuda:7'"),
     ],
 )
-def test_bad_options_exit_2_with_one_sentence(dirs, capsys, extra, message):
+def test_bad_options_exit_2_with_one_sentence(dirs, capsys, monkeypatch, extra, message):
+    """Refused before the model loads: loading it would fail the test."""
+    import uld.models.loading
+
+    monkeypatch.setattr(uld.models.loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     assert main(["generate", "--model", str(dirs / "uld"), "--prompt", "x", *extra]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
 
 
 def test_bad_models_exit_2(dirs, tmp_path, capsys):

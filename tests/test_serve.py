@@ -262,6 +262,21 @@ def test_other_hosts_are_refused_without_a_key(dirs, capsys, monkeypatch, host):
     assert f"refusing to bind {host!r} without an API key" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--device", "gpu"], "--device 'gpu' is not a torch device"),
+    (["--device", "cuda:7"], "--device 'cuda:7'"),
+    (["--max-tokens", "0"], "--max-tokens must be at least 1, got 0"),
+    (["--port", "70000"], "--port must be in 0..65535, got 70000"),
+])
+def test_bad_serve_options_are_refused_before_the_model_loads(dirs, capsys, monkeypatch, extra, message):
+    import uld.serve.server
+
+    monkeypatch.setattr(uld.serve.server, "load_engine", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["serve", "--model", str(dirs / "uld"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
 def test_api_key_is_required_when_set(engines, monkeypatch):
     from uld.serve.server import api_key_from_env
 

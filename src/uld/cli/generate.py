@@ -22,21 +22,19 @@ def generation_kwargs(
     top_p: float | None,
     top_k: int | None,
 ) -> dict:
-    """Arguments for `model.generate`; sampling options without `--sample` are an error."""
+    """Arguments for `model.generate`, checked before any model loads (one sentence, exit 2):
+    sampling options without `--sample`, a temperature that is not a finite number above 0, a
+    top-p outside (0, 1], a negative top-k, or fewer than one new token."""
     from uld.errors import UldError
+    from uld.eval.lm import check_generation
 
-    if max_new_tokens < 1:
-        raise UldError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    check_generation(max_new_tokens, 1.0 if temperature is None else temperature, 1.0 if top_p is None else top_p)
     given = [n for n, v in (("--temperature", temperature), ("--top-p", top_p), ("--top-k", top_k)) if v is not None]
     if not sample:
         if given:
             verb = "applies" if len(given) == 1 else "apply"
             raise UldError(f"{', '.join(given)} {verb} only with --sample (decoding is greedy without it)")
         return {"max_new_tokens": max_new_tokens, "do_sample": False}
-    if temperature is not None and temperature <= 0:
-        raise UldError(f"--temperature must be > 0, got {temperature}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UldError(f"--top-p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 0:
         raise UldError(f"--top-k must be >= 0 (0 = off), got {top_k}")
     return {
@@ -70,9 +68,16 @@ def generate_command(
 
     from rich.console import Console
 
+    from uld.device import resolve_device
     from uld.errors import UldError
+    from uld.options import check_range
 
     kwargs = generation_kwargs(max_new_tokens, sample, temperature, top_p, top_k)
+    if assistant_weight is not None:
+        check_range("--assistant-weight", assistant_weight, low=0.0)
+    if filter_rate is not None:
+        check_range("--filter-rate", filter_rate, 0.0, 1.0)
+    device = resolve_device(device) if device else None
     if not Path(model).exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
         raise UldError(f"model {model!r} not found: give a model directory or a hub id")
     err = Console(stderr=True)

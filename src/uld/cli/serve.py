@@ -26,6 +26,7 @@ def serve_command(
 
     from rich.console import Console
 
+    from uld.device import resolve_device
     from uld.errors import UldError
 
     try:
@@ -40,6 +41,7 @@ def serve_command(
         host=host, port=port, api_key=api_key_from_env(api_key), max_prompt_tokens=max_prompt_tokens,
         max_tokens=max_tokens, max_concurrent=max_concurrent, log_prompts=log_prompts,
     )
+    device = resolve_device(device) if device else None
     err = Console(stderr=True)
     with err.status(f"loading {model}"):
         engine = load_engine(model, served_model_name=served_model_name, device=device, dtype=dtype)
