@@ -122,3 +122,17 @@ def test_grad_norm_by_hand(tokenizer):
     assert g == pytest.approx((math.sqrt(1 / 3) + math.sqrt(1 / 6)) / 2, rel=1e-6)
     (g1,) = lm.grad_norms([LoglikelihoodRequest((0,), (1, 2))], p=1)
     assert g1 == pytest.approx((4 / 3 + 2 / 3) / 2, rel=1e-6)  # L1: |dW| sums to 4/3, |db| to 2/3
+
+
+def test_ties_take_the_first_maximum_and_models_without_logits_to_keep_are_sliced():
+    """The bigram gives every id probability 1/3: log p = -log 3 everywhere, the argmax of a
+    tie is the first id (so only target 0 is "greedy"), mu = -log 3 and sigma^2 = 0. The model
+    takes no `logits_to_keep`, so the interface slices the positions it needs itself."""
+    tok = type("Tok", (), {"pad_token_id": 0, "eos_token_id": 2, "bos_token_id": None})()
+    lm = HFLanguageModel(_Bigram(), tok, batch_size=2, device="cpu")
+    reqs = [LoglikelihoodRequest((1,), (0, 2, 0)), LoglikelihoodRequest((2, 1, 1), (1,)),
+            LoglikelihoodRequest((0,), (2,))]
+    for s, r in zip(lm.loglikelihood(reqs, vocab_stats=True), reqs, strict=True):
+        assert np.allclose(s.logprob, -math.log(3), rtol=1e-6)
+        assert s.greedy.tolist() == [t == 0 for t in r.continuation]
+        assert np.allclose(s.mu, -math.log(3), rtol=1e-6) and np.allclose(s.sigma2, 0, atol=1e-6)

@@ -57,6 +57,23 @@ def test_rouge_l_recall_counts_lcs_over_answer_words_with_stemming():
     assert out == pytest.approx([4 / 6, 1.0])
 
 
+def test_rouge_scores_equal_rouge_score_defaults_when_texts_repeat():
+    """Stems and tokenised texts are kept between comparisons: the same generation scored
+    against several references, twice over, gives rouge_score's own numbers every time."""
+    from rouge_score import rouge_scorer
+
+    gens = ["He was running quickly, generously.", "He was running quickly, generously.", "A mat"]
+    refs = ["She runs quickly", "The generous runner ran", "a mat, mats and matting"]
+    plain = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    for _ in range(2):
+        got = M.rouge_scores(gens, refs)
+        for i, (g, r) in enumerate(zip(gens, refs, strict=True)):
+            want = plain.score(r, g)
+            assert got["rouge1_recall"][i] == want["rouge1"].recall
+            assert got["rougeL_recall"][i] == want["rougeL"].recall
+            assert got["rougeL_f1"][i] == want["rougeL"].fmeasure
+
+
 def test_forget_quality_is_ks_p_value():
     # fully separated samples of 3 and 3: D = 1, exact p = 2 / C(6, 3) = 0.1
     ks = M.forget_quality([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])

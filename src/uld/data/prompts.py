@@ -74,14 +74,16 @@ def encode_qa(
     answer: str,
     fmt: PromptFormat | None = None,
     max_length: int | None = None,
+    prompt_ids: list[int] | None = None,
 ) -> EncodedQA:
     """Tokenise prompt and answer separately, join them, mask the prompt in the labels.
 
     When the pair is longer than `max_length`, the answer is cut from the end (never the prompt
     from the start), `truncated` is set, and at least one answer token always remains.
+    `prompt_ids`: the question's prompt already tokenised (`fmt.prompt_ids`), to reuse it.
     """
     fmt = fmt or PromptFormat()
-    p = fmt.prompt_ids(tokenizer, question)
+    p = list(prompt_ids) if prompt_ids is not None else fmt.prompt_ids(tokenizer, question)
     a = fmt.answer_ids(tokenizer, answer)
     truncated = False
     if max_length is not None and len(p) + len(a) > max_length:

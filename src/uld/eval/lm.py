@@ -178,6 +178,17 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
     return text[:cut]
 
 
+def _is_argmax(logp, tok_lp, target):
+    """`logp.argmax(-1) == target` per row (the first maximum wins a tie), computed with the
+    cheaper row maximum; argmax only on the rows where the target ties with the maximum."""
+    top = logp.amax(-1)
+    greedy = (tok_lp == top) | top.isnan()
+    rows = greedy.nonzero().squeeze(-1)
+    if rows.numel():
+        greedy[rows] = logp[rows].argmax(-1) == target[rows]
+    return greedy
+
+
 class HFLanguageModel:
     """`LanguageModel` over a causal LM and its tokenizer, batched and padded."""
 
@@ -199,24 +210,39 @@ class HFLanguageModel:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.pad_id is None:
             self.pad_id = 0
-        self._pass_positions = _accepts(model.forward if hasattr(model, "forward") else model, "position_ids")
+        forward = model.forward if hasattr(model, "forward") else model
+        self._pass_positions = _accepts(forward, "position_ids")
+        self._pass_keep = _accepts(forward, "logits_to_keep")
+        # scoring keeps no key/value cache (building one is wasted work)
+        self._no_cache = {"use_cache": False} if _accepts(forward, "use_cache") else {}
 
     # -- log-likelihood -------------------------------------------------------------------
 
-    def _logits(self, ids, mask):
+    def _logits(self, ids, mask, keep: int = 0):
+        """Logits of the last `keep` positions (all when 0); a model that does not take
+        `logits_to_keep` computes them all and they are sliced here."""
         import torch
 
         ids, mask = ids.to(self.device), mask.to(self.device)
-        kwargs = {"input_ids": ids, "attention_mask": mask}
+        kwargs = {"input_ids": ids, "attention_mask": mask, **self._no_cache}
         if self._pass_positions:
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0)
+        if keep and self._pass_keep:
+            kwargs["logits_to_keep"] = keep
         with torch.no_grad():
-            return self.model(**kwargs).logits
+            logits = self.model(**kwargs).logits
+        return logits[:, -keep:] if keep else logits
 
     def loglikelihood(
         self, requests: Sequence[LoglikelihoodRequest], vocab_stats: bool = False, progress: ProgressFn | None = None
     ) -> list[TokenScores]:
-        """Score every request; right padding, explicit position ids, one forward per batch."""
+        """Score every request; right padding, explicit position ids, one forward per batch.
+
+        Only the positions that predict a continuation token go through the output layer and the
+        softmax: the output layer runs from the batch's earliest scored position on, and the
+        log-softmax, argmax and vocabulary statistics only on the scored rows (each row's values
+        are those of the full computation: the softmax is taken row by row).
+        """
         import torch
 
         for r in requests:
@@ -225,36 +251,41 @@ class HFLanguageModel:
         seqs = [list(r.context) + list(r.continuation) for r in requests]
         out: list[TokenScores | None] = [None] * len(requests)
         for idx in batches_by_length([len(s) for s in seqs], self.batch_size):
-            width = max(len(seqs[i]) for i in idx)
-            ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
-            scored = torch.zeros((len(idx), width), dtype=torch.bool)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            lens = np.array([len(seqs[i]) for i in idx])
+            ctx = np.array([len(requests[i].context) for i in idx])
+            width = int(lens.max())
+            ids_np = np.full((len(idx), width), self.pad_id, dtype=np.int64)
             for row, i in enumerate(idx):  # right padding: real tokens at positions 0..L-1
-                n, c = len(seqs[i]), len(requests[i].context)
-                ids[row, :n] = torch.tensor(seqs[i])
-                scored[row, c:n] = True
-                mask[row, :n] = 1
-            logits = self._logits(ids, mask)  # (B, T, V)
-            # position t predicts token t+1
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-            target = ids[:, 1:].to(logp.device)
-            keep = scored[:, 1:].numpy()
+                ids_np[row, : lens[row]] = seqs[i]
+            pos = np.arange(width)[None, :]
+            ids = torch.from_numpy(ids_np)
+            mask = torch.from_numpy((pos < lens[:, None]).astype(np.int64))
+            scored = torch.from_numpy((pos >= ctx[:, None]) & (pos < lens[:, None]))
+            # position t predicts token t+1: positions first .. width-2 are needed
+            first = int(ctx.min()) - 1
+            logits = self._logits(ids, mask, keep=width - first)[:, :-1]  # (B, width-1-first, V)
+            sel = scored[:, first + 1 :]
+            rows = logits[sel.to(logits.device)].float()  # (N, V): the scored positions, row by row
+            target = ids[:, first + 1 :][sel].to(rows.device)
+            logp = torch.log_softmax(rows, dim=-1)
             tok_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-            greedy = logp.argmax(-1) == target
+            greedy = _is_argmax(logp, tok_lp, target)
             # One device-to-host copy per batch, not one per row and quantity.
-            tok_lp, greedy = tok_lp.double().cpu().numpy(), greedy.cpu().numpy()
+            cuts = np.cumsum(sel.sum(1).numpy())[:-1]
+            tok_lp = np.split(tok_lp.double().cpu().numpy(), cuts)
+            greedy = np.split(greedy.cpu().numpy(), cuts)
             if vocab_stats:
                 p = logp.exp()
                 mu = (p * logp).sum(-1)
                 sigma2 = (p * logp.square()).sum(-1) - mu.square()
-                mu, sigma2 = mu.double().cpu().numpy(), sigma2.double().cpu().numpy()
+                mu = np.split(mu.double().cpu().numpy(), cuts)
+                sigma2 = np.split(sigma2.double().cpu().numpy(), cuts)
             for row, i in enumerate(idx):
-                m = keep[row]
                 out[i] = TokenScores(
-                    logprob=tok_lp[row][m],
-                    greedy=greedy[row][m],
-                    mu=mu[row][m] if vocab_stats else None,
-                    sigma2=sigma2[row][m] if vocab_stats else None,
+                    logprob=tok_lp[row],
+                    greedy=greedy[row],
+                    mu=mu[row] if vocab_stats else None,
+                    sigma2=sigma2[row] if vocab_stats else None,
                 )
             if progress:
                 progress(len(idx))
@@ -367,11 +398,13 @@ class HFLanguageModel:
         try:
             for r in requests:
                 seq = torch.tensor([list(r.context) + list(r.continuation)], device=self.device)
+                c = len(r.context)
+                keep = seq.size(1) - (c - 1)  # the positions that predict the continuation, and the last
+                kwargs = {"logits_to_keep": keep, **self._no_cache} if self._pass_keep else dict(self._no_cache)
                 with torch.enable_grad():
-                    logits = self.model(input_ids=seq, attention_mask=torch.ones_like(seq)).logits
-                    logp = torch.log_softmax(logits[0, :-1].float(), -1)
-                    c = len(r.context)
-                    lp = logp[c - 1 :].gather(-1, seq[0, c:].unsqueeze(-1)).squeeze(-1)
+                    logits = self.model(input_ids=seq, attention_mask=torch.ones_like(seq), **kwargs).logits
+                    logp = torch.log_softmax(logits[0, -keep:-1].float(), -1)
+                    lp = logp.gather(-1, seq[0, c:].unsqueeze(-1)).squeeze(-1)
                     loss = -lp.mean()
                     grads = torch.autograd.grad(loss, params, allow_unused=True)
                 norms = [g.detach().norm(p=p) for g in grads if g is not None]

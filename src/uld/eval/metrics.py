@@ -64,26 +64,65 @@ def normalised_probability(nll_true: Sequence[float] | np.ndarray, nll_false: np
     return t / (t + f)
 
 
+_STEMS: dict[str, str] = {}
+"""Porter stems already computed (the stemmer is a pure function of the word)."""
+
+
+class _MemoStemmer:
+    """NLTK's Porter stemmer (as rouge_score uses it) with its results kept: TOFU texts reuse
+    the same words thousands of times, and stemming dominates ROUGE's cost."""
+
+    def __init__(self):
+        from nltk.stem import porter
+
+        self._stemmer = porter.PorterStemmer()
+
+    def stem(self, word: str) -> str:
+        out = _STEMS.get(word)
+        if out is None:
+            out = _STEMS[word] = self._stemmer.stem(word)
+        return out
+
+
+class _MemoTokenizer:
+    """rouge_score's default tokenizer (stemmer on), each distinct text tokenised once: a
+    generation compared with several references is not re-tokenised for each."""
+
+    def __init__(self):
+        self._stemmer = _MemoStemmer()
+        self._texts: dict[str, list[str]] = {}
+
+    def tokenize(self, text: str) -> list[str]:
+        from rouge_score import tokenize
+
+        out = self._texts.get(text)
+        if out is None:
+            out = self._texts[text] = tokenize.tokenize(text, self._stemmer)
+        return out
+
+
+def _rouge_scorer(types: list[str]):
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(types, tokenizer=_MemoTokenizer())
+
+
 @better("higher")
 def rouge_l_recall(generations: Sequence[str], answers: Sequence[str]) -> np.ndarray:
     """Per-item ROUGE-L recall of each generation against its answer (rouge_score, stemmer on):
     LCS(answer, generation) / len(answer) in stemmed word tokens. (N,) strings -> (N,)."""
-    from rouge_score import rouge_scorer
-
     if len(generations) != len(answers):
         raise ValueError(f"{len(generations)} generations for {len(answers)} answers")
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scorer = _rouge_scorer(["rougeL"])
     return np.array([scorer.score(a, g)["rougeL"].recall for g, a in zip(generations, answers, strict=True)])
 
 
 def rouge_scores(generations: Sequence[str], references: Sequence[str]) -> dict[str, np.ndarray]:
     """Per item `rouge1_recall`, `rougeL_f1`, `rougeL_recall` of each generation against its
     reference (rouge_score, stemmer on; the three numbers OpenUnlearning stores), each (N,)."""
-    from rouge_score import rouge_scorer
-
     if len(generations) != len(references):
         raise ValueError(f"{len(generations)} generations for {len(references)} references")
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    scorer = _rouge_scorer(["rouge1", "rougeL"])
     rows = [scorer.score(r, g) for g, r in zip(generations, references, strict=True)]
     return {
         "rouge1_recall": np.array([s["rouge1"].recall for s in rows]),

@@ -140,20 +140,36 @@ class QAEncoder:
     def __init__(self, tokenizer, fmt: PromptFormat, protocol: str = "uld", max_length: int = 512):
         self.tokenizer, self.fmt, self.protocol, self.max_length = tokenizer, fmt, protocol, max_length
         self.chat = bool(fmt.use_chat_template and getattr(tokenizer, "chat_template", None))
+        self._prompts: dict[str, list[int]] = {}
+        """Each question's prompt ids, tokenised once (a question is scored with many answers)."""
+
+    def _prompt_ids(self, question: str) -> list[int]:
+        ids = self._prompts.get(question)
+        if ids is None:
+            tok = self.tokenizer
+            if self.protocol != "openunlearning":
+                ids = self.fmt.prompt_ids(tok, question)
+            elif self.chat:
+                ids = _chat_ids(tok, [{"role": "user", "content": question}], True)
+            else:
+                wrapped = self.fmt.template.format(question=question) + self.fmt.answer_prefix
+                ids = list(tok(wrapped, add_special_tokens=True)["input_ids"][: self.max_length])
+            self._prompts[question] = ids
+        return ids
 
     def _ou(self, question: str, answer: str) -> tuple[list[int], list[int], bool]:
         tok = self.tokenizer
         if self.chat:
             user = [{"role": "user", "content": question}]
             full = _chat_ids(tok, [*user, {"role": "assistant", "content": answer}], False)
-            prompt = _chat_ids(tok, user, True)
+            prompt = self._prompt_ids(question)
             truncated = False
         else:
             wrapped = self.fmt.template.format(question=question) + self.fmt.answer_prefix
             whole = tok(wrapped + answer, add_special_tokens=True)["input_ids"]
             truncated = len(whole) > self.max_length
             full = list(whole[: self.max_length])
-            prompt = list(tok(wrapped, add_special_tokens=True)["input_ids"][: self.max_length])
+            prompt = self._prompt_ids(question)
         if tok.eos_token_id is not None and (not full or full[-1] != tok.eos_token_id):
             full.append(tok.eos_token_id)
         return full, prompt, truncated
@@ -166,18 +182,13 @@ class QAEncoder:
             return LoglikelihoodRequest(tuple(full[:n]), tuple(full[n:])), truncated
         from uld.data.prompts import encode_qa
 
-        enc = encode_qa(self.tokenizer, question, answer, self.fmt, self.max_length)
+        enc = encode_qa(self.tokenizer, question, answer, self.fmt, self.max_length, self._prompt_ids(question))
         ids = enc.input_ids
         return LoglikelihoodRequest(tuple(ids[: enc.prompt_len]), tuple(ids[enc.prompt_len :])), enc.truncated
 
     def prompt(self, question: str) -> tuple[int, ...]:
-        """The generation prompt's token ids."""
-        if self.protocol == "openunlearning":
-            if self.chat:
-                return tuple(_chat_ids(self.tokenizer, [{"role": "user", "content": question}], True))
-            wrapped = self.fmt.template.format(question=question) + self.fmt.answer_prefix
-            return tuple(self.tokenizer(wrapped, add_special_tokens=True)["input_ids"][: self.max_length])
-        return tuple(self.fmt.prompt_ids(self.tokenizer, question))
+        """The generation prompt's token ids (the scoring prompt, under either protocol)."""
+        return tuple(self._prompt_ids(question))
 
     def reference_text(self, question: str, answer: str) -> str:
         """What ROUGE compares a generation with: the answer (`uld`); OpenUnlearning's decoded

@@ -106,6 +106,10 @@ def score(
     protocol = encoder.protocol
     values = TofuValues(protocol=protocol)
     want_mia = "mia" in need.get("forget", set())
+    # the likelihood attacks and the reference attack need the answers' scores; the gradient
+    # attack alone needs only the requests (it runs its own forward and backward passes)
+    likelihood_mia = want_mia and bool(set(names) & set(MIA.ATTACKS))
+    scored_mia = likelihood_mia or (want_mia and "mia_reference" in names)
     forget_stats: list[TokenScores] | None = None
     forget_reqs: list[LoglikelihoodRequest] | None = None
     for key, (_, has_para) in SPLITS.items():
@@ -118,7 +122,9 @@ def score(
         answers = [r["answer"] for r in rows]
         s = SplitScores(questions=qs, answers=answers)
         # log-likelihood requests: answers (also for ES/EM and MIA), paraphrases, wrong answers
-        want_answer = bool(what & {"answer", "mia", "memorization"})
+        want_answer = bool(what & {"answer", "memorization"}) or (key == "forget" and scored_mia)
+        if key == "forget" and want_mia and not want_answer:
+            forget_reqs = [encoder.request(q, a)[0] for q, a in zip(qs, answers, strict=True)]
         pairs: list[tuple[str, str]] = []
         if want_answer:
             pairs += list(zip(qs, answers, strict=True))
@@ -131,7 +137,7 @@ def score(
             reqs = [e[0] for e in encoded]
             values.truncated += sum(e[1] for e in encoded)
             tick = progress(f"scoring {key}", len(reqs)) if progress else None
-            stats = lm.loglikelihood(reqs, vocab_stats=want_mia and key == "forget", progress=tick)
+            stats = lm.loglikelihood(reqs, vocab_stats=likelihood_mia and key == "forget", progress=tick)
             nll = np.array([st.nll for st in stats])
             off = 0
             if want_answer:
@@ -167,15 +173,17 @@ def score(
         rows = data.records["holdout"]
         hold_encoded = [encoder.request(r["question"], r["answer"]) for r in rows]
         hold_reqs = [e[0] for e in hold_encoded]
-        tick = progress("scoring holdout", len(rows)) if progress else None
-        hold_stats = lm.loglikelihood(hold_reqs, vocab_stats=True, progress=tick)
-        forget_texts = [r["answer"] for r in data.records["forget"]]
-        hold_texts = [r["answer"] for r in rows]
-        if protocol == "openunlearning":  # OpenUnlearning's zlib compresses the decoded labels
-            dec = encoder.tokenizer.decode
-            forget_texts = [dec(list(r.continuation), skip_special_tokens=True) for r in forget_reqs]
-            hold_texts = [dec(list(r.continuation), skip_special_tokens=True) for r in hold_reqs]
-        values.mia = mia_metrics(forget_stats, forget_texts, hold_stats, hold_texts, min_k, protocol)
+        if scored_mia:
+            tick = progress("scoring holdout", len(rows)) if progress else None
+            hold_stats = lm.loglikelihood(hold_reqs, vocab_stats=likelihood_mia, progress=tick)
+        if likelihood_mia:
+            forget_texts = [r["answer"] for r in data.records["forget"]]
+            hold_texts = [r["answer"] for r in rows]
+            if protocol == "openunlearning":  # OpenUnlearning's zlib compresses the decoded labels
+                dec = encoder.tokenizer.decode
+                forget_texts = [dec(list(r.continuation), skip_special_tokens=True) for r in forget_reqs]
+                hold_texts = [dec(list(r.continuation), skip_special_tokens=True) for r in hold_reqs]
+            values.mia = mia_metrics(forget_stats, forget_texts, hold_stats, hold_texts, min_k, protocol)
         if "mia_gradnorm" in names and not hasattr(lm, "grad_norms"):
             values.mia["mia_gradnorm"] = _unavailable("this model interface gives no gradients")
         elif "mia_gradnorm" in names:
