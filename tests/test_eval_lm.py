@@ -8,13 +8,8 @@ import pytest
 import torch
 
 from uld.errors import UldError
-from uld.eval.lm import (
-    GenerationRequest,
-    HFLanguageModel,
-    LoglikelihoodRequest,
-    check_device,
-    check_generation,
-)
+from uld.eval.checks import check_device, check_generation
+from uld.eval.lm import GenerationRequest, HFLanguageModel, LoglikelihoodRequest
 from uld.testing import FakeLM, tiny_llama
 
 

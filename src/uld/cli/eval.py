@@ -37,7 +37,7 @@ def eval_command(
     chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help="Use the tokenizer's chat template when it has one."),
 ) -> None:
     """Evaluate a model on TOFU (forget quality, model utility, truth ratios, ROUGE, MIA, memorisation), MUSE or the copyright protocol."""
-    from uld.eval.lm import check_device, check_generation
+    from uld.eval.checks import check_device, check_generation
 
     # settings every task shares are refused before any work
     if max_new_tokens is not None:

@@ -61,7 +61,7 @@ class EvalConfig:
 
     def check(self) -> None:
         """One sentence for the first bad setting, before anything is loaded or written."""
-        from uld.eval.lm import check_device, check_generation
+        from uld.eval.checks import check_device, check_generation
 
         if self.max_items is not None and self.max_items < 1:
             raise UldError(f"--max-items must be at least 1, got {self.max_items}")
