@@ -26,7 +26,7 @@ def generation_kwargs(
     sampling options without `--sample`, a temperature that is not a finite number above 0, a
     top-p outside (0, 1], a negative top-k, or fewer than one new token."""
     from uld.errors import UldError
-    from uld.eval.lm import check_generation
+    from uld.eval.checks import check_generation
 
     check_generation(max_new_tokens, 1.0 if temperature is None else temperature, 1.0 if top_p is None else top_p)
     given = [n for n, v in (("--temperature", temperature), ("--top-p", top_p), ("--top-k", top_k)) if v is not None]
