@@ -55,3 +55,11 @@ def test_left_pad_ends_every_row_at_the_last_column():
     ids, mask = left_pad([[5, 6, 7], [8], []], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+
+
+def test_right_pad_starts_every_row_at_the_first_column():
+    from uld.data.collate import right_pad
+
+    ids, mask = right_pad([[5, 6, 7], [8], []], pad_id=9)
+    assert ids.tolist() == [[5, 6, 7], [8, 9, 9], [9, 9, 9]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0]]

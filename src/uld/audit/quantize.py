@@ -92,13 +92,12 @@ def quantized(model: nn.Module, bits: int, group_size: int | None) -> Iterator[d
 
 def max_logit_change(model, tokenizer, fmt, items, bits: int, group_size: int | None, device: str) -> float:
     """max |logits_q - logits| / max |logits| over the first 8 forget QA pairs (prompt + answer)."""
+    from uld.data.collate import right_pad
     from uld.data.prompts import encode_qa
 
     enc = [encode_qa(tokenizer, r["question"], r["answer"], fmt).input_ids for r in items[:8]]
-    width = max(len(e) for e in enc)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.tensor([e + [pad] * (width - len(e)) for e in enc], device=device)
-    mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in enc], device=device)
+    ids, mask = right_pad(enc, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    ids, mask = ids.to(device), mask.to(device)
     keep = mask.bool()
     with torch.no_grad():
         before = model(input_ids=ids, attention_mask=mask).logits.float()[keep]

@@ -23,6 +23,8 @@ def sample_answers(model, tokenizer, fmt, questions: Sequence[str], k: int, max_
     """k sampled answers per question (left-padded batches; text up to the first EOS)."""
     import torch
 
+    from uld.data.collate import left_pad
+
     torch.manual_seed(seed)
     prompts = [fmt.prompt_ids(tokenizer, q) for q in questions]
     rows = [i for i in range(len(prompts)) for _ in range(k)]  # each prompt k times
@@ -32,13 +34,8 @@ def sample_answers(model, tokenizer, fmt, questions: Sequence[str], k: int, max_
     step = max(batch_size, k)
     for start in range(0, len(rows), step):
         chunk = rows[start : start + step]
-        width = max(len(prompts[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            n = len(prompts[i])
-            ids[row, width - n :] = torch.tensor(prompts[i])
-            mask[row, width - n :] = 1
+        ids, mask = left_pad([prompts[i] for i in chunk], pad)
+        width = ids.shape[1]
         with torch.no_grad():
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                                  do_sample=True, temperature=temperature, top_p=top_p, top_k=0, num_beams=1,

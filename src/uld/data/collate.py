@@ -75,6 +75,20 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token-id rows for scoring: `(input_ids, attention_mask)`, both (B, T), T the
+    longest row. Row b's tokens sit at positions 0..len-1, so positions need no shifting; the mask
+    is 0 on the padding."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        if r:
+            ids[b, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+            mask[b, : len(r)] = 1
+    return ids, mask
+
+
 def _permutation(n: int, *key: int) -> list[int]:
     # A generator seeded from the key alone (not the global RNG): order depends on nothing else.
     g = torch.Generator().manual_seed(hash_key(*key))

@@ -305,6 +305,8 @@ class HFLanguageModel:
         batches; a sampled request with a seed gives the same text in any batch of size 1."""
         import torch
 
+        from uld.data.collate import left_pad
+
         for r in requests:
             r.check()
         eos = self.tokenizer.eos_token_id
@@ -325,12 +327,7 @@ class HFLanguageModel:
                             f"{self.max_length} tokens; shorten the prompt"
                         )
                     new_tokens = min(max_new, self.max_length - width)
-                ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):
-                    n = len(requests[i].context)
-                    ids[row, width - n :] = torch.tensor(requests[i].context)
-                    mask[row, width - n :] = 1
+                ids, mask = left_pad([requests[i].context for i in idx], self.pad_id)
                 kwargs = dict(
                     input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=new_tokens,
                     do_sample=do_sample, num_beams=1, pad_token_id=self.pad_id, eos_token_id=eos,

@@ -138,22 +138,19 @@ class HFTextLM:
     ) -> list[str]:
         import torch
 
+        from uld.data.collate import left_pad
+
         enc = [self.encode(p) for p in prompts]
         eos = self.tokenizer.eos_token_id
         out: list[str | None] = [None] * len(enc)
         for idx in batches_by_length([len(e) for e in enc], self.batch_size):
-            width = max(len(enc[i]) for i in idx)
-            ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids[row, width - len(enc[i]) :] = torch.tensor(enc[i])
-                mask[row, width - len(enc[i]) :] = 1
+            ids, mask = left_pad([enc[i] for i in idx], self.pad_id)
             with torch.no_grad():
                 gen = self.model.generate(
                     input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_new_tokens,
                     do_sample=False, num_beams=1, pad_token_id=self.pad_id, eos_token_id=eos,
                 )
-            new = gen[:, width:].cpu().tolist()
+            new = gen[:, ids.shape[1]:].cpu().tolist()
             for row, i in enumerate(idx):
                 toks = new[row]
                 if eos is not None and eos in toks:
