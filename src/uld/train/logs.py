@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from uld.io import atomic_write_text
+
 
 class RunLog:
     """Writes a run's log files; does nothing when `run_dir` is None."""
@@ -64,7 +66,7 @@ class RunLog:
             if path.is_file():
                 keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
                         if ln.strip() and json.loads(ln)["step"] <= global_step]
-                path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+                atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
     def close(self) -> None:
         if self._samples is not None:
