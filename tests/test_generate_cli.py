@@ -100,6 +100,17 @@ def test_bad_options_exit_2_with_one_sentence(dirs, capsys, monkeypatch, extra, 
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_prompt_longer_than_the_context_is_refused(dirs, capsys):
+    """The tiny model has 256 positions: 300 words do not fit (transformers would only warn)."""
+    from uld.cli import main as run
+
+    assert run(["generate", "--model", str(dirs / "plain"), "--prompt", "word " * 300, "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "more than the model's context of 256 tokens" in err.strip().splitlines()[-1]
+    assert run(["generate", "--model", str(dirs / "uld"), "--prompt", "word " * 300, "--max-new-tokens", "2"]) == 2
+    assert "context of 256 tokens" in capsys.readouterr().err
+
+
 def test_bad_models_exit_2(dirs, tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x"]) == 2
     assert "not found" in capsys.readouterr().err

@@ -262,6 +262,7 @@ def test_a_full_disk_is_one_sentence_and_leaves_no_temp_file(tmp_path, monkeypat
     (["eval", "--bogus"], "error: No such option: --bogus"),
     (["nosuch"], "error: No such command 'nosuch' (see `uld --help`)"),
     (["eval", "--model", "m", "--data", "d", "--out", "o", "--batch-size", "abc"], "error: Invalid value for '--batch-size'"),
+    (["generate", "--model", "m", "--prompt", "x", "--max-new-tokens=many"], "error: Invalid value for '--max-new-tokens'"),
     (["eval", "--model", "m"], "error: Missing option '--data'"),
     (["bench"], "error: Missing argument 'which' (see `uld bench --help`)"),
 ])
@@ -273,6 +274,8 @@ def test_usage_errors_are_one_line_and_exit_2(argv, message, capsys, tmp_path, m
     err = _lines(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith(message) and err[0].endswith("--help`)")
     assert list(tmp_path.iterdir()) == []
+    if message.startswith("error: Invalid value"):  # the refused value is named
+        assert ("got 'abc'" in err[0]) or ("got 'many'" in err[0])
 
 
 # ----------------------------------------------------------------------------- reproducibility

@@ -33,6 +33,8 @@ def test_uld_checkpoint_holds_only_the_adapter_in_safetensors(workspace, tmp_pat
     weights = load_file(ckpt / "accelerate" / "model.safetensors")
     assert weights and all("lora_" in k for k in weights), sorted(weights)[:3]
     assert not list(out.rglob("*.pt")) and not list(out.rglob(".epoch-*.tmp"))
+    # The schedule is JSON in state.json, not a pickle that Accelerate would reload with weights_only=False.
+    assert not list(out.rglob("custom_checkpoint_*")) and state["scheduler"]["last_epoch"] == 2
 
 
 def test_rmu_checkpoint_holds_only_the_trained_down_projections(workspace, tmp_path):

@@ -161,6 +161,30 @@ def test_augment_rejects_a_missing_split(workspace, tmp_path, capsys):
     assert not (tmp_path / "a.jsonl").exists()
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--temperature", "nan"], "--temperature must be a finite number above 0, got nan"),
+    (["--temperature", "0"], "--temperature must be a finite number above 0, got 0.0"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
+])
+def test_augment_refuses_bad_sampling_options_before_loading(workspace, tmp_path, capsys, extra, message):
+    model, data = workspace
+    rc = main(["augment", "--model", str(model), "--data", str(data), "--split", "forget_plain",
+               "--out", str(tmp_path / "a.jsonl"), *extra])
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_augment_refuses_to_write_over_the_split_it_reads(workspace, capsys):
+    """`--out DATA/forget_plain.json` used to replace the forget split with its augmentation."""
+    model, data = workspace
+    before = (data / "forget_plain.json").read_bytes()
+    rc = main(["augment", "--model", str(model), "--data", str(data), "--split", "forget_plain",
+               "--out", str(data / "forget_plain.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is the input --split forget_plain (.json)" in err and len(err.strip().splitlines()) == 1
+    assert (data / "forget_plain.json").read_bytes() == before
+
+
 def test_tofu_mirror_eval_fields_are_refused_then_recorded_when_allowed(workspace, tofu_dir, tmp_path, capsys):
     model, _ = workspace
     args = ["unlearn", "--model", str(model), "--data", str(tofu_dir), "--forget", "forget01_perturbed",

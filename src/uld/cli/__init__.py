@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {describe_os_error(e)}; nothing was written", file=sys.stderr)
         return 1
     except Exception as e:  # usage errors and anything unexpected
-        usage = _usage_error(e)
+        usage = _usage_error(e, sys.argv[1:] if argv is None else argv)
         if usage is not None:
             if usage:  # empty after `uld` alone: the help was printed
                 print(f"error: {usage}", file=sys.stderr)
@@ -74,7 +74,7 @@ def _is_click(e: BaseException, name: str) -> bool:
     return any(c.__name__ == name and c.__module__.split(".")[0] in ("click", "typer") for c in type(e).__mro__)
 
 
-def _usage_error(e: BaseException) -> str | None:
+def _usage_error(e: BaseException, argv: list[str] | None = None) -> str | None:
     """A bad command line (unknown option or command, a value of the wrong type, a missing
     option) as one sentence pointing at the command's help; None for anything else."""
     if not _is_click(e, "UsageError"):
@@ -84,4 +84,19 @@ def _usage_error(e: BaseException) -> str | None:
     message = " ".join(e.format_message().split())  # type: ignore[attr-defined]
     if not message:
         return ""
+    value = _given_value(argv or [], getattr(getattr(e, "param", None), "opts", None) or [])
+    if value is not None and repr(value) not in message:  # name the value that was refused
+        message = f"{message.rstrip('.')}; got {value!r}"
     return f"{message.rstrip('.')} (see `{where} --help`)"
+
+
+def _given_value(argv: list[str], opts: list[str]) -> str | None:
+    """The value given to option `opts` on the command line (`--x V` or `--x=V`; the last wins)."""
+    value = None
+    for i, arg in enumerate(argv):
+        for opt in opts:
+            if arg == opt and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif arg.startswith(opt + "="):
+                value = arg[len(opt) + 1:]
+    return value

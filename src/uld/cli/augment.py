@@ -35,17 +35,19 @@ def augment(
     from rich.progress import Progress
 
     from uld.data.augment import generate_augmentations
-    from uld.data.records import load_split
+    from uld.data.records import SPLIT_SUFFIXES, load_split
     from uld.device import resolve_device
     from uld.errors import UldError
+    from uld.eval.checks import check_generation
     from uld.io import atomic_write_text, check_out
     from uld.models.loading import load_model
 
-    if num_paraphrases < 0 or num_distractors < 0 or batch_size < 1 or max_new_tokens < 1:
-        raise UldError("--num-paraphrases/--num-distractors must be >= 0, --batch-size and --max-new-tokens >= 1")
-    if temperature <= 0:
-        raise UldError(f"--temperature must be > 0 (sampling), got {temperature}")
-    check_out(out, {"--data": data, "--model": model}, kind="file")
+    check_generation(max_new_tokens, temperature)
+    if num_paraphrases < 0 or num_distractors < 0 or batch_size < 1:
+        raise UldError("--num-paraphrases/--num-distractors must be >= 0 and --batch-size >= 1")
+    # The split file read is an input too: `--out DATA/forget10.json` would replace it.
+    split_files = {f"--split {split} ({suffix})": Path(data) / f"{split}{suffix}" for suffix in SPLIT_SUFFIXES}
+    check_out(out, {"--data": data, "--model": model, **split_files}, kind="file")
     device = resolve_device(device) if device else None
     records = load_split(data, split)
     lm, tok = load_model(model, device=device)

@@ -87,6 +87,7 @@ def generate_command(
         from uld.models.loading import load_model
         from uld.models.uld import ULDForCausalLM
         from uld.models.uld.io import is_uld_dir
+        from uld.serve.engine import model_context_length
 
         uld_only = [n for n, v in (("--assistant-weight", assistant_weight), ("--filter-rate", filter_rate),
                                    ("--target", target), ("--ignore-target-mismatch", ignore_target_mismatch or None))
@@ -104,6 +105,11 @@ def generate_command(
     chat = not no_chat_template and bool(getattr(tok, "chat_template", None))
     tok.padding_side = "left"  # decoder-only batches are padded on the left
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
+    context = model_context_length(m)
+    longest = int(enc["attention_mask"].sum(dim=1).max())
+    if context is not None and longest + max_new_tokens > context:
+        raise UldError(f"the prompt has {longest} tokens and --max-new-tokens is {max_new_tokens}, more than the "
+                       f"model's context of {context} tokens; shorten the prompt or lower --max-new-tokens")
     dev = next(m.parameters()).device
     with err.status(f"generating up to {max_new_tokens} tokens for {len(texts)} prompt(s)"):
         torch.manual_seed(seed)

@@ -1,10 +1,13 @@
 """Epoch checkpoints: one format, Accelerate's `save_state`, written atomically.
 
 `checkpoints/epoch-{e}/` holds `accelerate/` (what `Accelerator.save_state` writes: the policy's
-*trainable* weights as `model.safetensors`, the optimizer, the learning-rate schedule registered
-with `register_for_checkpointing`, each process's RNG states; FSDP / DeepSpeed shards in their
-own layout) and `state.json` (epoch, global step, world size, the epoch history), written last:
-a checkpoint without it is incomplete and ignored. The directory is built as `.epoch-{e}.tmp`
+*trainable* weights as `model.safetensors`, the optimizer, each process's RNG states; FSDP /
+DeepSpeed shards in their own layout) and `state.json` (epoch, global step, world size, the
+epoch history and the learning-rate schedule's state), written last: a checkpoint without it is
+incomplete and ignored. The schedule lives in `state.json` rather than being registered with
+`register_for_checkpointing`, because Accelerate reloads registered objects with a full unpickle
+(`weights_only=False`); everything it still pickles (optimizer, RNG) it reloads with
+`weights_only=True`. The directory is built as `.epoch-{e}.tmp`
 and renamed into place, so an interrupted save never leaves a half checkpoint behind.
 
 Only parameters with `requires_grad` are saved (a pre-save hook filters the state dict): the
@@ -55,7 +58,7 @@ class Checkpointer:
 
     def __init__(self, acc, scheduler):
         self.acc = acc
-        acc.register_for_checkpointing(scheduler)
+        self.scheduler = scheduler
         self._hook = acc.register_save_state_pre_hook(_keep_trainable)
 
     def close(self) -> None:
@@ -75,7 +78,8 @@ class Checkpointer:
             acc.wait_for_everyone()
             if acc.is_main_process:
                 atomic_write_json(tmp / STATE_FILE, {"epoch": epoch, "global_step": global_step,
-                                                     "world_size": acc.num_processes, "history": history})
+                                                     "world_size": acc.num_processes, "history": history,
+                                                     "scheduler": self.scheduler.state_dict()})
                 shutil.rmtree(final, ignore_errors=True)
                 tmp.replace(final)
         except BaseException:
@@ -98,4 +102,10 @@ class Checkpointer:
             self.acc.load_state(str(ckpt / STATE_DIR), strict=False)
         except (RuntimeError, ValueError, KeyError) as e:
             raise UldError(f"checkpoint {ckpt} does not fit this run's policy: {str(e).splitlines()[0]}") from e
+        schedule = state.get("scheduler")
+        if schedule is None:  # written before the schedule moved into state.json
+            import torch
+
+            schedule = torch.load(ckpt / STATE_DIR / "custom_checkpoint_0.pkl", weights_only=True)
+        self.scheduler.load_state_dict(schedule)
         return state
