@@ -30,11 +30,11 @@ from typing import Any
 
 from uld.errors import UldError
 from uld.eval.muse import knowmem_prompt
-from uld.io import atomic_dir, atomic_write_json, atomic_write_text, check_out
+from uld.io import atomic_write_json, atomic_write_text, check_out
+from uld.studies.stages import cached_stage
 from uld.world.books import BooksConfig, write_books
 
 METHODS = ("uld", "ga", "gd", "npo", "npo_gd", "simnpo", "rmu")
-STAGE_FILE = "stage.json"
 Log = Callable[[str], None]
 
 
@@ -99,15 +99,8 @@ def _data_options(cfg: MuseStudyConfig) -> dict[str, Any]:
 
 
 def _stage(path: Path, name: str, body: Callable[[Path], dict], log: Log) -> float:
-    if (path / STAGE_FILE).is_file():
-        log(f"muse study: {name}: reused {path}")
-        return 0.0
-    log(f"muse study: {name}: building {path}")
-    t0 = time.time()
-    with atomic_dir(path) as tmp:
-        info = body(tmp) or {}
-        (tmp / STAGE_FILE).write_text(json.dumps({"stage": name, "seconds": time.time() - t0, **info}, indent=2) + "\n")
-    return time.time() - t0
+    record, reused = cached_stage(path, name, body, log, "muse study")
+    return 0.0 if reused else record["seconds"]
 
 
 def build_models(cache: Path, cfg: MuseStudyConfig, log: Log = print) -> dict[str, float]:

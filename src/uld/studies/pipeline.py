@@ -17,18 +17,17 @@ second run reuses every finished stage and an interrupted one leaves nothing hal
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from uld.errors import UldError
-from uld.io import atomic_dir, atomic_write_json
+from uld.io import atomic_write_json
+from uld.studies.stages import STAGE_FILE, cached_stage
 from uld.world import WorldConfig, write_world
 
 DEFAULT_CACHE = ".uld-cache/mini"
-STAGE_FILE = "stage.json"
 SETTINGS_FILE = "pipeline.json"
 
 
@@ -83,10 +82,6 @@ class Pipeline:
 Log = Callable[[str], None]
 
 
-def _done(stage: Path) -> bool:
-    return (stage / STAGE_FILE).is_file()
-
-
 def _run_config(cfg: PipelineConfig, epochs: int, lr: float):
     from uld.train.config import make_config
 
@@ -129,19 +124,8 @@ def build_pipeline(cache: str | Path = DEFAULT_CACHE, cfg: PipelineConfig | None
                  cache / "reference", {}, {})
 
     def stage(name: str, path: Path, body: Callable[[Path], dict]) -> None:
-        if _done(path):
-            p.reused[name], p.seconds[name] = True, 0.0
-            log(f"pipeline: {name}: reused {path}")
-            return
-        log(f"pipeline: {name}: building {path}")
-        t0 = time.time()
-        with atomic_dir(path) as tmp:
-            info = body(tmp) or {}
-            seconds = time.time() - t0
-            # The marker is the last file written, inside the atomic directory.
-            (tmp / STAGE_FILE).write_text(json.dumps({"stage": name, "seconds": seconds, **info}, indent=2) + "\n")
-        p.reused[name], p.seconds[name] = False, seconds
-        log(f"pipeline: {name}: done in {seconds:.1f}s")
+        record, reused = cached_stage(path, name, body, log, "pipeline")
+        p.reused[name], p.seconds[name] = reused, 0.0 if reused else record["seconds"]
 
     def data(tmp: Path) -> dict:
         write_world(tmp / "w", cfg.world)

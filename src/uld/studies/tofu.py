@@ -28,8 +28,8 @@ from typing import Any
 
 from uld.errors import UldError
 from uld.io import check_out
+from uld.studies.stages import cached_stage
 
-STAGE_FILE = "stage.json"
 FORGET_SPLIT = "forget_study"
 SOURCE_QA_PER_AUTHOR = 20
 """TOFU's authors each have 20 QA pairs, in order: author i owns rows 20 i .. 20 i + 19 of `full`."""
@@ -140,22 +140,10 @@ def prepare_data(source: str, cfg: StudyConfig, out: Path) -> dict[str, int]:
 
 
 def _stage(path: Path, name: str, body: Callable[[Path], dict], log: Log, seconds: dict[str, float]) -> dict:
-    """Run `body(tmp)` into `path` atomically unless `path` is finished; returns its stage info."""
-    from uld.io import atomic_dir
-
-    if (path / STAGE_FILE).is_file():
-        log(f"study: {name}: reused {path}")
-        seconds[name] = 0.0
-        return json.loads((path / STAGE_FILE).read_text(encoding="utf-8"))
-    log(f"study: {name}: building {path}")
-    t0 = time.time()
-    with atomic_dir(path) as tmp:
-        info = body(tmp) or {}
-        info = {"stage": name, "seconds": round(time.time() - t0, 1), **info}
-        (tmp / STAGE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    seconds[name] = info["seconds"]
-    log(f"study: {name}: done in {info['seconds']:.0f}s")
-    return info
+    """Run `body(tmp)` into `path` atomically unless `path` is finished; returns its stage record."""
+    record, reused = cached_stage(path, name, body, log, "study")
+    seconds[name] = 0.0 if reused else record["seconds"]
+    return record
 
 
 def _finetune(model_path: str, data: Path, split: str, cfg: StudyConfig, out: Path, log: Log) -> dict:
