@@ -82,11 +82,9 @@ def test_out_on_a_file_is_refused_in_one_sentence(workspace, tmp_path, capsys):
 
 def test_ctrl_c_marks_the_run_interrupted_and_leaves_no_partial_files(workspace, tmp_path, capsys, monkeypatch):
     """Ctrl-C while the epoch-2 checkpoint is being written: the temporary checkpoint goes,
-    epoch 1's stays, the resume hint is printed, the interrupt reaches the CLI entry point
-    (which exits 130), and --resume finishes the run."""
+    epoch 1's stays, the CLI exits 130 with the resume hint as its one line (it used to print
+    the hint and then "interrupted"), and --resume finishes the run."""
     from uld.train import checkpoint
-    from uld.train.config import build_config
-    from uld.train.run import unlearn
 
     real_save = checkpoint.Checkpointer.save
 
@@ -99,12 +97,11 @@ def test_ctrl_c_marks_the_run_interrupted_and_leaves_no_partial_files(workspace,
     monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
     model, data = workspace
     out = tmp_path / "run"
-    cfg = build_config(({"model": str(model), "method": "uld", "data": {"source": str(data), "forget": "forget_plain",
-                                                                        "retain": "retain"},
-                         "train": {"batch_size": 2, "epochs": 3}}, ""))
-    with pytest.raises(KeyboardInterrupt):
-        unlearn(cfg, out)
-    assert f"interrupted; resume with `uld unlearn --out {out} --resume`" in capsys.readouterr().err
+    argv = ["unlearn", "--model", str(model), "--data", str(data), "--forget", "forget_plain", "--retain", "retain",
+            "--method", "uld", "--set", "train.batch_size=2", "--set", "train.epochs=3", "--out", str(out)]
+    assert main(argv) == 130
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "Loading weights" not in ln]
+    assert err == [f"interrupted; resume with `uld unlearn --out {out} --resume`"]
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "interrupted" and run["last_checkpoint"] == "epoch-1"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-1"]

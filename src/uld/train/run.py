@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from uld.errors import UldError, unknown_choice
+from uld.errors import Interrupted, UldError, unknown_choice
 from uld.io import atomic_write_json, atomic_write_text, check_out
 from uld.train.config import RunConfig, apply_overrides, from_dict, to_yaml
 
@@ -224,8 +224,8 @@ def _train_and_save(policy, spec, enc, tokenizer, cfg: RunConfig, out: Path, res
         ckpt = latest_checkpoint(out)
         hint = (f"resume with `uld unlearn --out {out} --resume`" if ckpt is not None
                 else f"no epoch had finished, so nothing can be resumed; remove {out} to start again")
-        print(f"interrupted; {hint}", file=sys.stderr)
-        raise
+        # One line from the CLI entry point (exit 130), not this hint and then its own "interrupted".
+        raise Interrupted(f"interrupted; {hint}") from None
     except TrainingDiverged as e:
         fail("diverged", str(e))
         raise
