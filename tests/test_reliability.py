@@ -255,6 +255,34 @@ def test_a_full_disk_is_one_sentence_and_leaves_no_temp_file(tmp_path, monkeypat
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
 
 
+def test_a_write_error_without_a_file_name_names_the_result_file(tmp_path, monkeypatch):
+    """A real failed write() (here EFBIG, a file-size limit) carries no file name; the message
+    used to be a bare "File too large"."""
+    import uld.io
+    from uld.io import describe_os_error
+
+    target = tmp_path / "results.json"
+    real_fdopen = os.fdopen
+
+    class TooLarge:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, _):
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
+    monkeypatch.setattr(uld.io.os, "fdopen", lambda fd, *a, **k: TooLarge(real_fdopen(fd, *a, **k)))
+    with pytest.raises(OSError) as e:
+        atomic_write_text(target, "new")
+    assert describe_os_error(e.value) == f"file too large ({target})" and list(tmp_path.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -265,6 +293,7 @@ def test_a_full_disk_is_one_sentence_and_leaves_no_temp_file(tmp_path, monkeypat
     (["generate", "--model", "m", "--prompt", "x", "--max-new-tokens=many"], "error: Invalid value for '--max-new-tokens'"),
     (["eval", "--model", "m"], "error: Missing option '--data'"),
     (["bench"], "error: Missing argument 'which' (see `uld bench --help`)"),
+    (["unlearn", "--out", "o", "--set"], "error: Option '--set' requires an argument (see `uld unlearn --help`)"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
     """A bad command line used to print `error: NoSuchOption: ...` and exit 1 (typer ships its

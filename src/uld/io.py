@@ -35,9 +35,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
             yield f
         usual_permissions(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write() names no file: name the result
+            e.filename = str(path)
         raise
 
 
@@ -167,7 +169,7 @@ def describe_os_error(e: OSError) -> str:
     what = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
             errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
             errno.ENOTDIR: "a parent is a file, not a directory", errno.EISDIR: "is a directory",
-            errno.ENOENT: "no such file or directory"}.get(e.errno or -1, e.strerror or type(e).__name__)
+            errno.ENOENT: "no such file or directory", errno.EFBIG: "file too large"}.get(e.errno or -1, e.strerror or type(e).__name__)
     return f"{what} ({e.filename})" if e.filename else what
 
 

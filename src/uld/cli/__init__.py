@@ -81,6 +81,8 @@ def _usage_error(e: BaseException, argv: list[str] | None = None) -> str | None:
         return None
     ctx = getattr(e, "ctx", None)
     where = ctx.command_path if ctx is not None else "uld"
+    if where == "uld" and argv and argv[0] in _command_names():  # an error raised before the sub-command's context
+        where = f"uld {argv[0]}"
     message = " ".join(e.format_message().split())  # type: ignore[attr-defined]
     if not message:
         return ""
@@ -88,6 +90,13 @@ def _usage_error(e: BaseException, argv: list[str] | None = None) -> str | None:
     if value is not None and repr(value) not in message:  # name the value that was refused
         message = f"{message.rstrip('.')}; got {value!r}"
     return f"{message.rstrip('.')} (see `{where} --help`)"
+
+
+def _command_names() -> set[str]:
+    import typer
+
+    group = typer.main.get_command(app)
+    return set(group.list_commands(group.context_class(group)))
 
 
 def _given_value(argv: list[str], opts: list[str]) -> str | None:
