@@ -47,9 +47,35 @@ def test_bench_all_writes_json_and_table_with_positive_ratios(tiny_bench, tmp_pa
     assert e["max_abs_diff"] < 1e-4  # batched scoring and generation give batch-1's values
     assert set(e["groups"]) == {"probability", "generation", "memorization", "mia", "gradient"}
     assert all(row["items"] > 0 and row["items_per_s"] > 0 for row in e["groups"].values())
+    skipped = e["openunlearning"]["skipped"]
+    assert skipped.startswith("OpenUnlearning comparison skipped: pass --openunlearning DIR")
     md = (out / "bench.md").read_text()
-    assert "## train" in md and "## generate" in md and "## eval" in md
-    assert "ULD" in capsys.readouterr().out
+    assert "## train" in md and "## generate" in md and "## eval" in md and skipped in md
+    captured = capsys.readouterr()
+    assert "ULD" in captured.out and "OpenUnlearning comparison skipped" in captured.err
+
+
+def test_openunlearning_comparison_skip_reasons_and_ratios(tmp_path):
+    from uld.bench import openunlearning as OU
+
+    assert "pass --openunlearning DIR" in OU.skip_reason(None)
+    assert "is not OpenUnlearning's src directory" in OU.skip_reason(str(tmp_path))
+    # per group the median CPU seconds (first of each [cpu, wall] pair); overall = sums
+    raw = {"probability": {"metrics": ["forget_Q_A_Prob"], "items": 30,
+                           "openunlearning": [[3.0, 9.0], [2.0, 9.0], [4.0, 9.0]], "uld": [[1.0, 5.0], [0.5, 5.0], [2.0, 5.0]]},
+           "gradient": {"metrics": ["mia_gradnorm"], "items": 8, "openunlearning": [[2.0, 2.0]], "uld": [[1.6, 2.0]]},
+           "together": {"metrics": ["forget_Q_A_Prob", "mia_gradnorm"], "uld": [[2.0, 3.0], [2.5, 3.0]]}}
+    s = OU.summarize(raw)
+    p = s["groups"]["probability"]
+    assert (p["openunlearning_cpu_s"], p["uld_cpu_s"], p["ratio"]) == (3.0, 1.0, 3.0)
+    assert p["uld_items_per_s"] == 30.0 and p["openunlearning_items_per_s"] == 10.0
+    assert s["groups"]["gradient"]["ratio"] == pytest.approx(1.25)
+    assert (s["openunlearning_cpu_s"], s["uld_cpu_s"]) == (5.0, 2.6) and s["ratio"] == pytest.approx(5 / 2.6)
+    md = "\n".join(OU.markdown(s))
+    assert s["together"]["uld_cpu_s"] == 2.25 and s["together"]["ratio"] == pytest.approx(5 / 2.25)
+    assert "| probability | 30 | 3.000 | 1.000 | 10.0 | 30.0 | 3.00x |" in md
+    assert "| all groups, each alone | | 5.000 | 2.600 | | | 1.92x |" in md
+    assert "| all groups in one evaluation | | 5.000 | 2.250 | | | 2.22x |" in md
 
 
 def test_bench_rejects_unknown_benchmark_and_all_without_out(tmp_path, capsys):

@@ -219,6 +219,11 @@ def worker(spec: dict) -> dict:
         return _case_train(spec["model"], spec["data"], spec["method"], spec["repeats"], sizes, spec["work"])
     if kind == "generate":
         return _case_generate(spec["model"], spec["data"], spec["which"], spec["batch"], spec["repeats"], sizes)
+    if kind == "eval_openunlearning":
+        from uld.bench.openunlearning import compare
+
+        return compare(spec["model"], spec["data"], spec["src"], spec["repeats"], sizes.eval_items, sizes.eval_batch,
+                       sizes.eval_new_tokens)
     return _case_eval(spec["model"], spec["data"], spec["repeats"], sizes)
 
 
@@ -283,7 +288,9 @@ def bench_generate(model: str, data: str, repeats: int, sizes: BenchSizes, step=
     return rows
 
 
-def bench_eval(model: str, data: str, repeats: int, sizes: BenchSizes, step=None) -> dict:
+def bench_eval(model: str, data: str, repeats: int, sizes: BenchSizes, step=None, openunlearning: str | None = None) -> dict:
+    from uld.bench import openunlearning as OU
+
     r = _run_case({"kind": "eval", "model": model, "data": data, "repeats": repeats, "sizes": asdict(sizes)})
     items = r["items"]
     out: dict[str, Any] = {"items": items, "max_new_tokens": sizes.eval_new_tokens}
@@ -298,14 +305,19 @@ def bench_eval(model: str, data: str, repeats: int, sizes: BenchSizes, step=None
         sec = _med(row["seconds"])
         out["groups"][g] = {"items": row["items"], "seconds": sec, "items_per_s": row["items"] / sec if sec > 0 else None,
                             "metrics": row["metrics"]}
+    reason = OU.skip_reason(openunlearning)
+    out["openunlearning"] = {"skipped": reason} if reason else OU.summarize(_run_case(
+        {"kind": "eval_openunlearning", "model": model, "data": data, "src": openunlearning, "repeats": repeats,
+         "sizes": asdict(sizes)}))
     if step:
         step()
     return out
 
 
 def run_benches(which: list[str], model: str | None, data: str | None, repeats: int, work: Path,
-                sizes: BenchSizes | None = None, step=None) -> dict[str, Any]:
-    """Run the named sub-benchmarks; the miniature is built under `work` unless model and data are given."""
+                sizes: BenchSizes | None = None, step=None, openunlearning: str | None = None) -> dict[str, Any]:
+    """Run the named sub-benchmarks; the miniature is built under `work` unless model and data are given;
+    `openunlearning`: OpenUnlearning's src directory, to time its evaluator beside `eval`'s."""
     sizes = sizes or BenchSizes()
     if repeats < 1:
         raise UldError(f"--repeats must be at least 1, got {repeats}")
@@ -322,7 +334,7 @@ def run_benches(which: list[str], model: str | None, data: str | None, repeats: 
     if "generate" in which:
         result["generate"] = bench_generate(model, data, repeats, sizes, step)
     if "eval" in which:
-        result["eval"] = bench_eval(model, data, repeats, sizes, step)
+        result["eval"] = bench_eval(model, data, repeats, sizes, step, openunlearning)
     result["wall_seconds"] = time.time() - t0
     return result
 
@@ -368,6 +380,10 @@ def to_markdown(res: dict[str, Any]) -> str:
             for g, row in e["groups"].items():
                 ips = f"{row['items_per_s']:.1f}" if row["items_per_s"] else "-"
                 lines.append(f"| {g} | {row['items']} | {row['seconds']:.2f} | {ips} |")
-            lines += ["", "gradient: items/s counts the attacked items, its seconds include the likelihood "
-                      "scoring the attacks share.", ""]
+            lines += ["", "gradient: items/s counts the attacked (forget + holdout) items, one forward and "
+                      "backward pass each.", ""]
+        if "openunlearning" in e:
+            from uld.bench.openunlearning import markdown
+
+            lines += markdown(e["openunlearning"])
     return "\n".join(lines)

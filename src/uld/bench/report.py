@@ -38,4 +38,12 @@ def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      f"{e['batch1']['items_per_s']:.2f} items/s (max diff {e['max_abs_diff']:.1e})", f"{e['speedup']:.2f}x"))
         for group, row in e.get("groups", {}).items():
             rows.append(("eval", group, f"{row['items_per_s']:.1f} items/s ({row['items']} items)", ""))
+        cmp = e.get("openunlearning", {})
+        for group, row in cmp.get("groups", {}).items():
+            rows.append(("eval vs OpenUnlearning", group, f"uld {row['uld_items_per_s']:.1f}, OpenUnlearning "
+                         f"{row['openunlearning_items_per_s']:.1f} items/s", f"uld {row['ratio']:.2f}x faster"))
+        for case, row in (("all groups, each alone", cmp), ("all groups in one evaluation", cmp.get("together", {}))):
+            if row.get("ratio"):
+                rows.append(("eval vs OpenUnlearning", case, f"uld {row['uld_cpu_s']:.2f} s, OpenUnlearning "
+                             f"{row['openunlearning_cpu_s']:.2f} s (CPU)", f"uld {row['ratio']:.2f}x faster"))
     return rows

@@ -18,6 +18,8 @@ def bench_command(
     model: str | None = typer.Option(None, "--model", help="Target model directory (default: the built-in miniature)."),
     data: str | None = typer.Option(None, "--data", help="TOFU-layout data directory (default: the built-in world)."),
     repeats: int = typer.Option(3, "--repeats", help="Repeats per case; the median is reported."),
+    openunlearning: str | None = typer.Option(
+        None, "--openunlearning", help="OpenUnlearning's src directory: eval also times its TOFU evaluator on the same work."),
 ) -> None:
     """Measure training epoch time, decoding throughput and evaluation speed; ratios in one run."""
     import tempfile
@@ -44,7 +46,8 @@ def bench_command(
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console) as bar:
             task = bar.add_task(f"bench {which}", total=steps_of(names, sizes))
-            res = run_benches(names, model, data, repeats, Path(work), sizes, step=lambda: bar.advance(task))
+            res = run_benches(names, model, data, repeats, Path(work), sizes, step=lambda: bar.advance(task),
+                              openunlearning=openunlearning)
     if out is not None:
         write_report(out, res)
     table = Table(title=f"uld bench {which} (median of {repeats}; {res['machine']['device']}, "
@@ -54,5 +57,8 @@ def bench_command(
     for row in summary_rows(res):
         table.add_row(*row)
     Console().print(table)
+    skipped = res.get("eval", {}).get("openunlearning", {}).get("skipped")
+    if skipped:
+        console.print(skipped)
     if out is not None:
         console.print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
