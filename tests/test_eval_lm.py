@@ -131,3 +131,20 @@ def test_ties_take_the_first_maximum_and_models_without_logits_to_keep_are_slice
         assert np.allclose(s.logprob, -math.log(3), rtol=1e-6)
         assert s.greedy.tolist() == [t == 0 for t in r.continuation]
         assert np.allclose(s.mu, -math.log(3), rtol=1e-6) and np.allclose(s.sigma2, 0, atol=1e-6)
+
+
+class _KwargsBigram(_Bigram):
+    """Takes any keyword but refuses `logits_to_keep`, like a wrapper around an older model."""
+
+    def forward(self, input_ids, **kwargs):
+        if "logits_to_keep" in kwargs:
+            raise TypeError("forward() got an unexpected keyword argument 'logits_to_keep'")
+        return super().forward(input_ids)
+
+
+def test_a_model_refusing_logits_to_keep_is_scored_on_all_positions():
+    tok = type("Tok", (), {"pad_token_id": 0, "eos_token_id": 2, "bos_token_id": None})()
+    lm = HFLanguageModel(_KwargsBigram(), tok, batch_size=2, device="cpu")
+    (s,) = lm.loglikelihood([LoglikelihoodRequest((1, 2), (0, 1))])
+    assert np.allclose(s.logprob, -math.log(3), rtol=1e-6) and s.greedy.tolist() == [True, False]
+    assert lm._pass_keep is False

@@ -196,10 +196,16 @@ class HFLanguageModel:
         kwargs = {"input_ids": ids, "attention_mask": mask, **self._no_cache}
         if self._pass_positions:
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0)
-        if keep and self._pass_keep:
-            kwargs["logits_to_keep"] = keep
         with torch.no_grad():
-            logits = self.model(**kwargs).logits
+            if keep and self._pass_keep:
+                try:
+                    logits = self.model(**kwargs, logits_to_keep=keep).logits
+                except TypeError as e:  # a wrapper that takes **kwargs around a model that does not
+                    if "logits_to_keep" not in str(e):
+                        raise
+                    self._pass_keep = False
+            if not (keep and self._pass_keep):
+                logits = self.model(**kwargs).logits
         return logits[:, -keep:] if keep else logits
 
     def loglikelihood(
