@@ -148,3 +148,6 @@ def test_a_model_refusing_logits_to_keep_is_scored_on_all_positions():
     (s,) = lm.loglikelihood([LoglikelihoodRequest((1, 2), (0, 1))])
     assert np.allclose(s.logprob, -math.log(3), rtol=1e-6) and s.greedy.tolist() == [True, False]
     assert lm._pass_keep is False
+    fresh = HFLanguageModel(_KwargsBigram(), tok, device="cpu")  # the gradient attack falls back the same way
+    (g,) = fresh.grad_norms([LoglikelihoodRequest((0,), (1, 2))])
+    assert g == pytest.approx((math.sqrt(1 / 3) + math.sqrt(1 / 6)) / 2, rel=1e-6)

@@ -187,16 +187,16 @@ class HFLanguageModel:
 
     # -- log-likelihood -------------------------------------------------------------------
 
-    def _logits(self, ids, mask, keep: int = 0):
+    def _logits(self, ids, mask, keep: int = 0, grad: bool = False):
         """Logits of the last `keep` positions (all when 0); a model that does not take
-        `logits_to_keep` computes them all and they are sliced here."""
+        `logits_to_keep` computes them all and they are sliced here. No gradient unless `grad`."""
         import torch
 
         ids, mask = ids.to(self.device), mask.to(self.device)
         kwargs = {"input_ids": ids, "attention_mask": mask, **self._no_cache}
         if self._pass_positions:
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0)
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             if keep and self._pass_keep:
                 try:
                     logits = self.model(**kwargs, logits_to_keep=keep).logits
@@ -372,10 +372,9 @@ class HFLanguageModel:
                 seq = torch.tensor([list(r.context) + list(r.continuation)], device=self.device)
                 c = len(r.context)
                 keep = seq.size(1) - (c - 1)  # the positions that predict the continuation, and the last
-                kwargs = {"logits_to_keep": keep, **self._no_cache} if self._pass_keep else dict(self._no_cache)
                 with torch.enable_grad():
-                    logits = self.model(input_ids=seq, attention_mask=torch.ones_like(seq), **kwargs).logits
-                    logp = torch.log_softmax(logits[0, -keep:-1].float(), -1)
+                    logits = self._logits(seq, torch.ones_like(seq), keep, grad=True)
+                    logp = torch.log_softmax(logits[0, :-1].float(), -1)
                     lp = logp.gather(-1, seq[0, c:].unsqueeze(-1)).squeeze(-1)
                     loss = -lp.mean()
                     grads = torch.autograd.grad(loss, params, allow_unused=True)
