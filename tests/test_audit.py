@@ -222,3 +222,21 @@ def test_a_reference_for_another_split_is_refused(world, tmp_path, capsys):
     code = main(["audit", "--model", world["unlearned"], "--data", world["data"], "--out", str(out), "--reference", str(log)])
     assert code == 2 and "3 forget items" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_shared_memo_reuses_the_target_and_gives_what_recomputing_gives(world, tmp_path):
+    """Two unlearned models audited against one target with one memo: the second audit probes
+    only its own model, and its AUDIT.json equals an audit without the memo (sampling and the
+    attacker's LoRA are seeded, so a probe's result does not depend on what ran before)."""
+    from uld.audit import AuditMemo
+
+    other = _save(tiny_llama(seed=2), tiny_tokenizer(), tmp_path / "other")
+    s = _settings(probes=("sampling", "quantize", "relearn"))
+    memo, lines = AuditMemo(), []
+    run_audit(world["unlearned"], world["data"], "forget10", tmp_path / "a", s, target=world["target"], log=lambda _: None, memo=memo)
+    shared = run_audit(other, world["data"], "forget10", tmp_path / "b", s, target=world["target"], log=lines.append, memo=memo)
+    fresh = run_audit(other, world["data"], "forget10", tmp_path / "c", s, target=world["target"], log=lambda _: None)
+    # plain, sampling, 2 quantisation variants and 2 relearning variants of the target: reused
+    assert memo.hits == 6 and sum(line.endswith("on target: reused") for line in lines) == 6
+    for k in ("plain", "probes"):
+        assert shared[k] == fresh[k]

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from uld.audit import AuditSettings
 from uld.data.records import load_split
 from uld.studies.demo import ROWS, average, demo_settings, run_demo, spread
 from uld.studies.pipeline import ModelConfig, PipelineConfig
@@ -21,6 +22,8 @@ def _settings():
         "uld": {"lr": 1e-3, "epochs": 1, "stop_forget_prob": 0.9, "num_layers": 2, "lora_rank": 0},
         "ga": {"lr": 3e-5, "epochs": 1}, "gd": {"lr": 3e-5, "epochs": 1}, "npo": {"lr": 3e-5, "epochs": 1},
     }
+    # the audit with tiny budgets: 2 samples a question, 2 relearning steps, one bit width
+    s["audit"] = AuditSettings(max_new_tokens=8, leak_k=2, relearn_steps=2, bits=(4,), batch_size=8)
     return s
 
 
@@ -53,12 +56,35 @@ def test_demo_end_to_end_and_cache_reuse(tmp_path, capsys):
     assert saved["machine"]["torch_threads"] >= 1 and "isa" in saved["machine"]
     assert "## Machine" in (out / "REPORT.md").read_text()
 
+    # Each method's seed-0 run is audited after its evaluation: recovery per probe variant, the
+    # target and retain model probed once (the later audits reuse them) and identical for all.
+    robust = saved["robustness"]
+    assert list(robust) == ["uld", "ga", "gd", "npo"]
+    keys = {"plain", "paraphrase/paraphrased_question", "paraphrase/few_shot", "sampling/leak@2", "quantize/rtn4-channel",
+            "quantize/rtn4-g128", "relearn/forget_part", "relearn/retain_only"}
+    assert set(robust["uld"]["variants"]) == keys | {"components/target_alone", "components/assistant_alone"}
+    assert set(robust["ga"]["variants"]) == keys | {"components/target_alone"}
+    assert "unavailable" in robust["ga"]["variants"]["components/target_alone"]
+    for m, r in robust.items():
+        for key, v in r["variants"].items():
+            if "unavailable" not in v:
+                assert all(isinstance(x, float) for x in v["recovery"].values()), (m, key)
+                assert 0 <= v["unlearned"]["prob"] <= 1 and 0 <= v["unlearned"]["rouge"] <= 1
+        assert (r["reused"] == 0) == (m == "uld")
+        assert r["variants"]["quantize/rtn4-g128"]["target"] == robust["uld"]["variants"]["quantize/rtn4-g128"]["target"]
+        assert json.loads((out / "audit" / m / "AUDIT.json").read_text())["models"]["target"]["path"] == str(cache / "target")
+    # the component "target alone" of ULD is the target: recovery 1
+    assert robust["uld"]["variants"]["components/target_alone"]["recovery"]["prob"] == pytest.approx(1.0, abs=1e-6)
+    report = (out / "REPORT.md").read_text()
+    assert "## Robustness" in report and "| relearn/forget_part |" in report
+    assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
     # Seeds are plumbed through end to end with one cheap method; the averaging itself is
     # checked by hand below, so the four methods need not run twice more.
     out2 = tmp_path / "out2"
     settings = _settings()
     settings["methods"] = ("ga",)
-    results2 = run_demo(out2, cache, seeds=2, settings=settings)
+    results2 = run_demo(out2, cache, seeds=2, settings=settings, audit=False)
     assert set(results2) == {"target", "retain", "ga"}
     again = json.loads((out2 / "results.json").read_text())
     rows = again["per_seed"]["ga"]
@@ -67,6 +93,10 @@ def test_demo_end_to_end_and_cache_reuse(tmp_path, capsys):
     assert again["spread"]["ga"]["model_utility"]["min"] == min(r["model_utility"] for r in rows)
     report = (out2 / "REPORT.md").read_text()
     assert "## Per seed" in report and "## Spread over 2 seeds" in report
+    assert again["robustness"] is None and "## Robustness" not in report and not (out2 / "robustness.png").exists()
+    # The audit of the methods before it did not change GA's unlearning (seed 0, same recipe).
+    strip = lambda r: {k: v for k, v in r.items() if k != "train_seconds"}  # noqa: E731
+    assert strip(rows[0]) == strip(saved["per_seed"]["ga"][0])
     assert all(again["pipeline_reused"].values())  # every stage reused
     assert all(v == 0 for v in again["pipeline_seconds"].values())
     # The target and retain model are the cached ones, so their scores are identical.

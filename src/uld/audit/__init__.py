@@ -7,7 +7,7 @@ retain model: `paraphrase` (reworded and few-shot questions), `sampling` (leak@k
 AUDIT.md; docs/audit.md defines every measure and the recovery ratio.
 """
 
-from uld.audit.base import PROBES, AuditSettings, recovery
+from uld.audit.base import PROBES, AuditMemo, AuditSettings, recovery
 from uld.audit.run import run_audit
 
-__all__ = ["PROBES", "AuditSettings", "recovery", "run_audit"]
+__all__ = ["PROBES", "AuditMemo", "AuditSettings", "recovery", "run_audit"]

@@ -150,6 +150,30 @@ class Variant:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class AuditMemo:
+    """What audits of the same models under the same settings share: one model's measures under
+    one probe variant, keyed by (model path, how it is served, variant, a digest of the settings
+    and data). `uld demo` audits four unlearned models against one target and one retain model;
+    with one memo it probes those two once. Every probe's result is a function of the model,
+    the settings and the data alone (sampling and the attacker's LoRA are seeded), so a reused
+    entry equals a recomputed one."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str, str, str], Any] = {}
+        self.hits = 0
+
+    def get(self, ctx: AuditContext, sub: Subject, key: str, compute: Callable[[], Any]) -> Any:
+        k = (str(sub.path), sub.kind, key, ctx.digest)
+        if not sub.path or k not in self.entries:
+            value = compute()
+            if sub.path:
+                self.entries[k] = value
+            return value
+        self.hits += 1
+        ctx.log(f"audit: {key} on {sub.name}: reused")
+        return self.entries[k]
+
+
 @dataclass
 class AuditContext:
     settings: AuditSettings
@@ -160,6 +184,13 @@ class AuditContext:
     plain: dict[str, Measures] = field(default_factory=dict)
     augment: dict[str, list[str]] = field(default_factory=dict)
     log: Log = print
+    memo: AuditMemo | None = None
+    digest: str = ""
+    """Digest of the settings and data (the memo's key)."""
+
+    def cached(self, sub: Subject, key: str, compute: Callable[[], Any]) -> Any:
+        """`compute()`, or its earlier value for the same model and variant when a memo is shared."""
+        return compute() if self.memo is None else self.memo.get(self, sub, key, compute)
 
 
 ProbeFn = Callable[[AuditContext], list[Variant]]

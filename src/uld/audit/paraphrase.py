@@ -61,7 +61,8 @@ def paraphrase_probe(ctx: AuditContext) -> list[Variant]:
     else:
         for name, sub in ctx.subjects.items():
             ctx.log(f"audit: paraphrase/paraphrased_question on {name}")
-            v.results[name] = measure(scorer_for(sub.model, sub.tokenizer, s), questions, ctx.items, s)
+            v.results[name] = ctx.cached(sub, "paraphrase/paraphrased_question",
+                                         lambda sub=sub: measure(scorer_for(sub.model, sub.tokenizer, s), questions, ctx.items, s))
     variants.append(v)
 
     v = Variant("few_shot", f"each forget question after {s.few_shot} retain QA pairs as earlier turns")
@@ -75,6 +76,7 @@ def paraphrase_probe(ctx: AuditContext) -> list[Variant]:
         qs = [r["question"] for r in ctx.items]
         for name, sub in ctx.subjects.items():
             ctx.log(f"audit: paraphrase/few_shot on {name}")
-            v.results[name] = measure(scorer_for(sub.model, sub.tokenizer, s, fmt), qs, ctx.items, s)
+            v.results[name] = ctx.cached(sub, "paraphrase/few_shot",
+                                         lambda sub=sub: measure(scorer_for(sub.model, sub.tokenizer, s, fmt), qs, ctx.items, s))
     variants.append(v)
     return variants

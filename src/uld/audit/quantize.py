@@ -30,7 +30,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from uld.audit.base import AuditContext, Variant, measure, probe, scorer_for
+from uld.audit.base import AuditContext, Measures, Variant, measure, probe, scorer_for
 
 
 def quantize_weight(w: torch.Tensor, bits: int, group_size: int | None = None) -> torch.Tensor:
@@ -122,9 +122,13 @@ def quantize_probe(ctx: AuditContext) -> list[Variant]:
         v = Variant(name, f"round-to-nearest {bits}-bit weights {how}, every linear layer as served")
         for sname, sub in ctx.subjects.items():
             ctx.log(f"audit: quantize/{name} on {sname}")
-            with quantized(sub.model, bits, group) as info:
-                v.results[sname] = measure(scorer_for(sub.model, sub.tokenizer, s), qs, ctx.items, s)
-            change = max_logit_change(sub.model, sub.tokenizer, s.prompt_format, ctx.items, bits, group, s.device)
-            v.extra.setdefault("quantized", {})[sname] = {**info, "max_logit_change": change}
+
+            def run(sub=sub, bits=bits, group=group) -> tuple[Measures, dict]:
+                with quantized(sub.model, bits, group) as info:
+                    m = measure(scorer_for(sub.model, sub.tokenizer, s), qs, ctx.items, s)
+                change = max_logit_change(sub.model, sub.tokenizer, s.prompt_format, ctx.items, bits, group, s.device)
+                return m, {**info, "max_logit_change": change}
+
+            v.results[sname], v.extra.setdefault("quantized", {})[sname] = ctx.cached(sub, f"quantize/{name}", run)
         variants.append(v)
     return variants

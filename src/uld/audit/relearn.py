@@ -97,6 +97,7 @@ def relearned_copy(sub: Subject, records: list[dict], steps: int, ctx: AuditCont
     backbone = _backbone(model, sub.kind)
     if backbone is not model and sub.kind == "plain":
         model = backbone
+    torch.manual_seed(s.seed)  # the LoRA's A matrices: the attack is a function of the model and the settings
     params = attach_lora(backbone, s.relearn_rank)
     model.eval()  # no dropout: the attack is deterministic given the seed
     if steps == 0:
@@ -151,10 +152,12 @@ def relearn_probe(ctx: AuditContext) -> list[Variant]:
             continue
         for sname, sub in ctx.subjects.items():
             ctx.log(f"audit: relearn/{name} on {sname} ({s.relearn_steps} steps)")
-            model = relearned_copy(sub, records, s.relearn_steps, ctx)
-            m = measure(scorer_for(model, sub.tokenizer, s), qs, measured, s)
-            v.results[sname] = _expand(m, rest, n)
-            del model
+
+            def relearned(sub=sub, records=records):
+                model = relearned_copy(sub, records, s.relearn_steps, ctx)
+                return _expand(measure(scorer_for(model, sub.tokenizer, s), qs, measured, s), rest, n)
+
+            v.results[sname] = ctx.cached(sub, f"relearn/{name}", relearned)
         variants.append(v)
     return variants
 

@@ -54,6 +54,8 @@ def audit_markdown(result: dict[str, Any]) -> str:
     if missing:
         lines += ["", "Not run:"] + [f"- {p}/{v}: {why}" for p, v, why in missing]
     lines += ["", "Seconds per stage: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items())
-              + f"; total {result.get('total_seconds')}.", "",
+              + f"; total {result.get('total_seconds')} (CPU time of all threads {result.get('cpu_seconds')})"
+              + (f"; {result['reused']} model x variant results reused from an earlier audit" if result.get("reused") else "")
+              + ".", "",
               "Definitions, defaults and sources of each probe: docs/audit.md."]
     return "\n".join(lines) + "\n"

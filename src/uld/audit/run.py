@@ -15,6 +15,7 @@ from uld.audit import components, paraphrase, quantize, relearn, sampling  # noq
 from uld.audit.base import (
     PROBES,
     AuditContext,
+    AuditMemo,
     AuditSettings,
     Log,
     Measures,
@@ -86,8 +87,11 @@ def is_model_dir(path: str) -> bool:
 
 def run_audit(model: str, data: str, forget: str, out: str | Path, settings: AuditSettings | None = None,
               reference: str | None = None, target: str | None = None, augment_file: str | None = None,
-              log: Log = print) -> dict[str, Any]:
-    """Audit `model` (a run or model directory) on the forget split; returns AUDIT.json's content."""
+              log: Log = print, memo: AuditMemo | None = None) -> dict[str, Any]:
+    """Audit `model` (a run or model directory) on the forget split; returns AUDIT.json's content.
+
+    `memo`, shared across calls, reuses the measures of a model audited before under the same
+    settings and data (the target and retain model when several unlearned models are audited)."""
     from uld.data.augment import read_augment_file
     from uld.eval.reference import read_log
     from uld.eval.tofu import check_reference
@@ -96,7 +100,7 @@ def run_audit(model: str, data: str, forget: str, out: str | Path, settings: Aud
     s = settings or AuditSettings()
     out = Path(out)
     check_out(out)
-    t_start = time.time()
+    t_start, cpu_start, hits0 = time.time(), time.process_time(), memo.hits if memo is not None else 0
     # ---------------------------------------------------------------- check every input first
     items = load_items(data, forget, s.max_items)
     retain = load_retain(data, forget)
@@ -134,13 +138,14 @@ def run_audit(model: str, data: str, forget: str, out: str | Path, settings: Aud
         rm, rtok = load_model(ref_model, device=s.device)
         subjects["retain"] = Subject("retain", rm, rtok, kind_of(rm), ref_model)
 
-    ctx = AuditContext(s, forget, items, retain, subjects, augment=augment, log=log)
+    ctx = AuditContext(s, forget, items, retain, subjects, augment=augment, log=log, memo=memo,
+                       digest=digest(s, items, retain, augment))
     seconds: dict[str, float] = {}
     t0 = time.time()
     qs = [r["question"] for r in items]
     for name, sub in subjects.items():
         log(f"audit: plain questions on {name}")
-        ctx.plain[name] = measure(scorer_for(sub.model, sub.tokenizer, s), qs, items, s)
+        ctx.plain[name] = ctx.cached(sub, "plain", lambda sub=sub: measure(scorer_for(sub.model, sub.tokenizer, s), qs, items, s))
     seconds["plain"] = time.time() - t0
     variants: dict[str, list[Variant]] = {}
     for name in s.probes:
@@ -150,7 +155,9 @@ def run_audit(model: str, data: str, forget: str, out: str | Path, settings: Aud
     ref_r_log = ref_log.forget_r if ref_log is not None else None
     result = assemble(ctx, variants, ref_r_log, seconds)
     result.update(model=model_path, target=target, reference=reference, data=data,
-                  total_seconds=round(time.time() - t_start, 1))
+                  total_seconds=round(time.time() - t_start, 1),
+                  cpu_seconds=round(time.process_time() - cpu_start, 1),  # all threads; less load-dependent than wall time
+                  reused=memo.hits - hits0 if memo is not None else 0)
     write_audit(out, result)
     log(f"audit: wrote {out / 'AUDIT.json'} and {out / 'AUDIT.md'} in {time.time() - t_start:.0f}s")
     return result
@@ -221,6 +228,14 @@ def per_item(m: Measures, items: list[dict], idx: np.ndarray | None = None) -> d
         row["generation" if isinstance(gen, str) else "samples"] = gen
         out[str(i)] = row
     return out
+
+
+def digest(s: AuditSettings, items: list[dict], retain: list[dict], augment: dict[str, list[str]]) -> str:
+    """A digest of everything besides the model that a probe's result depends on."""
+    import hashlib
+
+    blob = json.dumps([settings_dict(s), items, retain, augment], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def settings_dict(s: AuditSettings) -> dict[str, Any]:

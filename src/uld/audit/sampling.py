@@ -73,7 +73,11 @@ def sampling_probe(ctx: AuditContext) -> list[Variant]:
     answers = [r["answer"] for r in ctx.items]
     for name, sub in ctx.subjects.items():
         ctx.log(f"audit: sampling on {name}")
-        samples = sample_answers(sub.model, sub.tokenizer, s.prompt_format, qs, s.leak_k, s.max_new_tokens, s.temperature,
-                                 s.top_p, s.batch_size, s.device, s.seed)
-        v.results[name] = leak_measures(samples, answers, ctx.plain[name], s.leak_threshold)
+
+        def leak(sub=sub, name=name) -> Measures:
+            samples = sample_answers(sub.model, sub.tokenizer, s.prompt_format, qs, s.leak_k, s.max_new_tokens, s.temperature,
+                                     s.top_p, s.batch_size, s.device, s.seed)
+            return leak_measures(samples, answers, ctx.plain[name], s.leak_threshold)
+
+        v.results[name] = ctx.cached(sub, "sampling", leak)
     return [v]

@@ -16,10 +16,11 @@ def demo(
     seeds: int = typer.Option(1, "--seeds", help="Unlearning seeds per method (means reported)."),
     quick: bool = typer.Option(False, "--quick", help="A smaller world and fewer epochs (a minute or two)."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Torch CPU threads (default: torch's choice; same count, same bits)."),
+    no_audit: bool = typer.Option(False, "--no-audit", help="Skip `uld audit` of each method (the robustness table and plot)."),
     native_kernels: bool = typer.Option(False, "--native-kernels",
                                         help="Let MKL and ATen use the CPU's widest vector units (faster, not bit-reproducible across CPUs)."),
 ) -> None:
-    """Run the miniature TOFU study: build/reuse the pipeline, unlearn forget10 with ULD, GA, GD, NPO, evaluate."""
+    """Run the miniature TOFU study: build/reuse the pipeline, unlearn forget10 with ULD, GA, GD, NPO, evaluate, audit."""
     from uld.repro import pin_cpu_kernels
 
     if not native_kernels:
@@ -33,7 +34,7 @@ def demo(
 
     deterministic(threads)
     err = Console(stderr=True)
-    results = run_demo(out, cache, seeds, quick, log=err.print)
+    results = run_demo(out, cache, seeds, quick, log=err.print, audit=not no_audit)
     table = Table(title="uld demo: forget10")
     table.add_column("model")
     for _, c in COLUMNS:

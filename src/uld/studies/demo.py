@@ -1,8 +1,9 @@
 """The miniature TOFU study behind `uld demo`, end to end on a CPU.
 
 Builds (or reuses) the cached pipeline of `uld.studies.pipeline`, unlearns forget10 with ULD, GA,
-GD and NPO, evaluates each with the retain model's log as the reference, and writes
-`results.json`, `REPORT.md` and `fq_vs_utility.png` into `--out`.
+GD and NPO, evaluates each with the retain model's log as the reference, audits each method's
+seed-0 run with `uld audit` (`uld.studies.demo_audit`; off with `audit=False`), and writes
+`results.json`, `REPORT.md`, `fq_vs_utility.png`, `robustness.png` and `audit/<method>/` into `--out`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def demo_settings(quick: bool) -> dict[str, Any]:
     >= 0.9) or the cap of 60 epochs; with the paper's wrong-answer augmentation it plateaus
     near 0.4 and stops at the cap (docs/benchmark.md says why and what the alternative gives).
     """
+    from uld.studies.demo_audit import demo_audit_settings
     from uld.studies.pipeline import ModelConfig, PipelineConfig
     from uld.world import WorldConfig
 
@@ -45,7 +47,7 @@ def demo_settings(quick: bool) -> dict[str, Any]:
         "gd": {"lr": 2e-4, "epochs": epochs, "batch_size": 8},
         "npo": {"lr": 2e-4, "epochs": epochs, "batch_size": 8},
     }
-    return {"pipeline": pipe, "recipes": recipes}
+    return {"pipeline": pipe, "recipes": recipes, "audit": demo_audit_settings(quick, pipe.eval_max_new_tokens)}
 
 
 def run_method(method: str, recipe: dict[str, Any], target: Path, data: Path, out: Path, seed: int, batch_size: int) -> Path:
@@ -208,17 +210,27 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
 
 def run_demo(out: Path, cache: Path, seeds: int = 1, quick: bool = False, settings: dict[str, Any] | None = None,
-             log: Callable[[str], None] = print) -> dict[str, dict]:
+             log: Callable[[str], None] = print, audit: bool = True) -> dict[str, dict]:
     """The study behind `uld demo`: one row per model (means over seeds), written to `out` as
-    results.json, REPORT.md and the plot; `settings` (see `demo_settings`) overrides the built-in
-    sizes; `log` receives one line per stage."""
+    results.json, REPORT.md and the plots; `settings` (see `demo_settings`) overrides the built-in
+    sizes; `audit` runs `uld audit` on each method's seed-0 run after its evaluation; `log`
+    receives one line per stage."""
     import shutil
     import tempfile
     import time
 
+    from uld.audit import AuditMemo
+    from uld.audit.run import settings_dict, write_audit
     from uld.errors import UldError
     from uld.io import atomic_write_json, atomic_write_text, check_out
     from uld.repro import machine_info
+    from uld.studies.demo_audit import (
+        ROBUSTNESS_PLOT,
+        audit_method,
+        robustness_markdown,
+        robustness_plot,
+        summarize_audit,
+    )
     from uld.studies.pipeline import build_pipeline
 
     if seeds < 1:
@@ -233,6 +245,9 @@ def run_demo(out: Path, cache: Path, seeds: int = 1, quick: bool = False, settin
     work = Path(tempfile.mkdtemp(prefix=".uld-demo-", dir=cache))
     per_seed: dict[str, list[dict[str, Any]]] = {}  # each unlearning method's row per seed
     spreads: dict[str, dict[str, Any]] = {}
+    audit_settings = settings.get("audit") if audit else None
+    memo = AuditMemo()  # the target and retain model are probed once for all methods
+    audits: dict[str, dict[str, Any]] = {}  # AUDIT.json of each method's seed-0 run
     try:
         for name, model in (("target", pipe.target), ("retain", pipe.retain)):
             log(f"demo: evaluating {name}")
@@ -248,23 +263,34 @@ def run_demo(out: Path, cache: Path, seeds: int = 1, quick: bool = False, settin
                 secs = time.time() - t0
                 log(f"demo: evaluating {method} (seed {seed})")
                 rows.append(row_summary(_eval(run, pipe, work / f"eval-{method}-{seed}", settings["pipeline"].eval_max_new_tokens), secs))
+                if audit_settings is not None and seed == 0:
+                    log(f"demo: auditing {method} (seed 0)")
+                    audits[method] = audit_method(run, pipe, work / f"audit-{method}", audit_settings, memo, log)
             results[method] = average(rows)
             spreads[method] = spread(rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     pipe_secs = {k: round(v, 1) for k, v in pipe.seconds.items()}
-    settings_out = {"pipeline": settings["pipeline"].to_dict(), "recipes": settings["recipes"]}
+    settings_out = {"pipeline": settings["pipeline"].to_dict(), "recipes": settings["recipes"],
+                    "audit": settings_dict(audit_settings) if audit_settings is not None else None}
+    robust = {m: summarize_audit(a) for m, a in audits.items()}
     total = time.time() - t_start
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     atomic_write_json(out / "results.json", {"results": results, "per_seed": per_seed, "spread": spreads, "machine": machine,
-                                             "settings": settings_out, "seeds": seeds,
+                                             "settings": settings_out, "seeds": seeds, "robustness": robust or None,
                                              "pipeline_seconds": pipe_secs, "pipeline_reused": pipe.reused,
                                              "total_seconds": round(total, 1)})
-    atomic_write_text(out / "REPORT.md", report_markdown(results, settings_out, pipe_secs, seeds, per_seed, spreads, machine)
-                      + f"\nTotal wall time of this run: {total:.0f} s.\n")
+    report = report_markdown(results, settings_out, pipe_secs, seeds, per_seed, spreads, machine)
+    if robust:
+        report += robustness_markdown(robust, settings_out["audit"])
+    atomic_write_text(out / "REPORT.md", report + f"\nTotal wall time of this run: {total:.0f} s.\n")
     plot(results, out / PLOT_FILE)
-    log(f"wrote {out / 'results.json'}, {out / 'REPORT.md'} and {out / PLOT_FILE} in {total:.0f}s")
+    for method, a in audits.items():
+        write_audit(out / "audit" / method, a)
+    if robust:
+        robustness_plot(robust, out / ROBUSTNESS_PLOT)
+    log(f"wrote {out / 'results.json'}, {out / 'REPORT.md'} and the plots in {total:.0f}s")
     return results
 
 
