@@ -174,3 +174,40 @@ def test_lean_eval_forward_is_pefts_forward_bit_for_bit(family):
         a = assistant(input_ids=ids).logits
         torch.manual_seed(1)
         assert not torch.equal(a, assistant(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_norm_scale_gives_the_assistant_its_own_scaled_trainable_final_norm_saved_with_it(tmp_path, lora_rank):
+    from uld.models.uld import ULDForCausalLM
+
+    target = tiny_llama(num_layers=4)
+    gain = target.model.norm.weight.detach().clone()
+    assistant = build_assistant(target, num_layers=2, lora_rank=lora_rank, norm_scale=0.25)
+    own = assistant.model.model.norm
+    assert own is not target.model.norm and torch.equal(own.weight, gain * 0.25)
+    assert torch.equal(target.model.norm.weight, gain)  # the target's norm is untouched
+    assert "model.norm.weight" in assistant.adapter_state_dict()
+    assert assistant.assistant_config["norm_scale"] == 0.25
+    # The logits are the head applied to block 2's output through RMSNorm with the scaled gain.
+    ids = torch.randint(3, V, (2, 6), generator=torch.Generator().manual_seed(2))
+    assistant.eval()
+    h = target(input_ids=ids, output_hidden_states=True).hidden_states[2]
+    eps = target.config.rms_norm_eps
+    want = target.lm_head(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * gain * 0.25)
+    torch.testing.assert_close(assistant(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
+    # It trains (one step moves the gain), and a saved ULD model reloads with the trained gain.
+    assistant.train()
+    opt = torch.optim.SGD(assistant.trainable_parameters(), lr=0.1)
+    assistant(input_ids=ids).logits.logsumexp(-1).mean().backward()
+    opt.step()
+    assert not torch.equal(own.weight, gain * 0.25)
+    model = ULDForCausalLM(target, assistant.eval(), assistant_weight=0.5, filter_rate=0.0).eval()
+    model.save_pretrained(tmp_path / "uld")
+    loaded = ULDForCausalLM.from_pretrained(tmp_path / "uld")
+    assert loaded.config.norm_scale == 0.25
+    torch.testing.assert_close(loaded.assistant.model.model.norm.weight, own.weight, rtol=0, atol=0)
+    torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+    model.fused = False  # the shared pass through the blocks uses the assistant's own norm too
+    torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(UldError, match="norm_scale"):
+        build_assistant(target, num_layers=2, norm_scale=-1.0)

@@ -155,6 +155,23 @@ def test_uld_gradient_step_lowers_forget_nll_and_flattens_retain():
     assert after["retain_kl_uniform"] < before["retain_kl_uniform"]
 
 
+def test_uld_warmup_drops_the_retain_term_only_while_the_forget_nll_is_above_the_threshold():
+    nll = naive_mean_nll(FORGET_LOGITS, FORGET_LABELS)  # 1.162 nats on these logits
+    kl = naive_retain_kl_uniform()
+    loss, logs = get_method("uld")(make_inputs(), warmup_forget_nll=1.0)  # 1.162 > 1.0: warming up
+    assert loss.item() == pytest.approx(nll, rel=1e-5)
+    assert logs["retain_term_on"].item() == 0.0
+    assert logs["retain_kl_uniform"] == pytest.approx(kl, rel=1e-5)  # still logged
+    inputs = make_inputs()
+    get_method("uld")(inputs, warmup_forget_nll=1.0)[0].backward()
+    assert inputs.retain_logits.grad is None  # no gradient reaches the retain logits
+    loss, logs = get_method("uld")(make_inputs(), warmup_forget_nll=1.5)  # below the threshold: the full loss
+    assert loss.item() == pytest.approx(nll + 6.5 * kl, rel=1e-5)
+    assert logs["retain_term_on"].item() == 1.0
+    with pytest.raises(UldError, match="warmup_forget_nll"):
+        get_method("uld").parse_options({"warmup_forget_nll": 0})
+
+
 # ----------------------------------------------------------------------------- GA family
 
 
@@ -394,7 +411,7 @@ def test_a_method_given_inputs_without_its_needs_says_which_tensor_is_missing(na
 
 
 def test_paper_defaults():
-    assert get_method("uld").defaults == {"beta": 6.5, "uniform_all_positions": False}
+    assert get_method("uld").defaults == {"beta": 6.5, "uniform_all_positions": False, "warmup_forget_nll": None}
     assert get_method("npo").defaults["beta"] == 0.1
     assert get_method("idkpo").defaults["beta"] == 0.1
     rmu = get_method("rmu").defaults

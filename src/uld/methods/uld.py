@@ -25,9 +25,15 @@ class UldOptions(Options):
     """Weight of KL(U || p_assistant) on the retain set (paper: 6.5; the official code used 5.0)."""
     uniform_all_positions: bool = False
     """Average the KL over every position, prompt and padding included, like the official code."""
+    warmup_forget_nll: float | None = None
+    """Warm-up (not in the paper; None = off): leave the retain term out of every micro-batch whose
+    forget NLL (nats per answer token) is above this value, so that an assistant cut from a deep
+    model first becomes a language model on the forget set. E.g. 2.0 (answer probability ~0.14)."""
 
     def check(self) -> None:
         check_range("loss.beta", self.beta, low=0.0)
+        if self.warmup_forget_nll is not None:
+            check_range("loss.warmup_forget_nll", self.warmup_forget_nll, low=0.0, low_open=True)
 
 
 def prepare_uld_data(forget: list[dict], retain: list[dict], cfg: Any):
@@ -52,6 +58,7 @@ def uld_loss(inputs: LossInputs, opts: UldOptions) -> tuple[torch.Tensor, Logs]:
     (`retain_mask`, shape (B, T)). `uniform_all_positions=True` reproduces the official code
     (its `UniformLossFunc`): average over every one of the B*T positions, prompt, padding and
     last position included (the official code also used beta 5.0; pass it explicitly).
+    `warmup_forget_nll=w` drops the retain term while NLL_a(D'_f) > w (one host sync per step).
     Logits (B, T, V); labels (B, T).
     """
     retain_logits = need(inputs, "uld", "retain_logits")[0]
@@ -61,10 +68,13 @@ def uld_loss(inputs: LossInputs, opts: UldOptions) -> tuple[torch.Tensor, Logs]:
         retain_kl = kl.mean()
     else:
         retain_kl = masked_mean(kl[:, :-1], prediction_mask(inputs.retain_mask, retain_logits))
-    loss = forget_nll + opts.beta * retain_kl
+    warming = opts.warmup_forget_nll is not None and forget_nll.item() > opts.warmup_forget_nll
+    loss = forget_nll if warming else forget_nll + opts.beta * retain_kl
     logs = {
         "forget_nll": forget_nll.detach(),
         "retain_kl_uniform": retain_kl.detach(),
         "forget_prob": inputs.answer_prob("forget"),
     }
+    if opts.warmup_forget_nll is not None:
+        logs["retain_term_on"] = torch.tensor(0.0 if warming else 1.0)
     return loss, logs

@@ -24,6 +24,11 @@ How it is built, generically for any transformers decoder-only causal LM:
    disabled adapters, extra adapters and LoRA variants all go through peft's own forward. LoRA is
    never merged: the base weights are the target's tensors, and merging would change the target,
    so each layer's `merge` (and so peft's `merge_and_unload`) raises a `UldError` instead.
+6. `norm_scale > 0` (not in the paper) gives the assistant a trainable private copy of the final
+   norm whose gain starts at the target's times `norm_scale`. The target's final norm is tuned for
+   its last block's residual stream, whose scale and outlier dimensions differ from block K's: on
+   SmolLM2-135M, block 7 of 30 read through the target's norm and head gives answer tokens ~21
+   nats (uniform: 10.8) because its logits are too sharp; a gain of 0.2x gives ~8.7 nats.
 
 The shared weights get `requires_grad=False` (on the target too: they are the same tensors).
 """
@@ -165,6 +170,7 @@ def build_assistant(
     lora_alpha: float = LORA_ALPHA,
     lora_dropout: float = LORA_DROPOUT,
     target_modules: list[str] | str | None = None,
+    norm_scale: float = 0.0,
 ) -> ULDAssistant:
     """Build the ULD assistant from `target` (paper: K = layers/4, LoRA r 32, alpha 32,
     dropout 0.05 on every linear layer in the blocks).
@@ -172,7 +178,9 @@ def build_assistant(
     `num_layers` K (None: a quarter of the target's layers, at least 1) must satisfy
     1 <= K < layers. `target_modules` restricts LoRA to linear layers inside the K blocks whose
     name ends with one of the given names (e.g. `["q_proj", "v_proj"]`); it must match at least one.
-    `lora_rank=0` trains a private copy of the K blocks instead of LoRA.
+    `lora_rank=0` trains a private copy of the K blocks instead of LoRA. `norm_scale > 0` also
+    trains a private copy of the final norm, its gain starting at the target's x `norm_scale`
+    (0: the target's norm, shared and frozen, as in the paper).
     """
     blocks_path, blocks = find_decoder_blocks(target)
     n = len(blocks)
@@ -199,6 +207,10 @@ def build_assistant(
     else:
         resolved = _resolve_lora_targets(model, blocks_path, k, target_modules)
         trainable = _inject_lora(model, resolved, lora_rank, lora_alpha, lora_dropout, rows)
+    if norm_scale < 0:
+        raise UldError(f"norm_scale must be >= 0 (0 = the target's final norm, shared), got {norm_scale}")
+    if norm_scale > 0:
+        trainable += _private_norm(model, norm_scale)
 
     cfg = {
         "num_layers": k,
@@ -209,10 +221,34 @@ def build_assistant(
         "target_modules": None if target_modules is None else _as_list(target_modules),
         "lora_modules": resolved,
         "blocks_path": blocks_path,
+        "norm_scale": norm_scale,
     }
     assistant = ULDAssistant(model, trainable, cfg, rows)
     assistant.train(target.training)
     return assistant
+
+
+FINAL_NORMS = ("norm", "final_layer_norm", "ln_f")
+"""Where decoder families keep the final norm, under `get_decoder()` (Llama, OPT, GPT-2 / NeoX)."""
+
+
+def _private_norm(model: nn.Module, scale: float) -> list[str]:
+    """Replace the final norm of `model` (the assistant's module tree) by a trainable copy whose
+    weight (gain) is the target's x `scale`; returns the new parameters' names."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    attr = next((a for a in FINAL_NORMS if isinstance(getattr(decoder, a, None), nn.Module)), None)
+    if attr is None:
+        raise UldError(f"norm_scale needs the final norm of {type(model).__name__}; none found among {', '.join(FINAL_NORMS)}")
+    norm = copy.deepcopy(getattr(decoder, attr))  # fresh tensors: the target's norm is untouched
+    weight = getattr(norm, "weight", None)
+    if not isinstance(weight, nn.Parameter):
+        raise UldError(f"norm_scale needs a final norm with a gain; {type(norm).__name__} has none")
+    with torch.no_grad():
+        weight.mul_(scale)
+    norm.requires_grad_(True)
+    setattr(decoder, attr, norm)
+    prefix = next(n for n, m in model.named_modules() if m is norm)
+    return [f"{prefix}.{n}" for n, _ in norm.named_parameters()]
 
 
 def _as_list(x: list[str] | str) -> list[str]:

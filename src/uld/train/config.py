@@ -85,6 +85,9 @@ class PolicyConfig:
     """LoRA dropout (paper: 0.05)."""
     target_modules: list[str] | None = None
     """Linear layers that get LoRA (None: every linear layer in the decoder blocks)."""
+    norm_scale: float = 0.0
+    """ULD only, not in the paper: > 0 trains a private copy of the final norm in the assistant, its
+    gain starting at the target's x norm_scale (0: the target's norm, shared and frozen)."""
     assistant_weight: float = ASSISTANT_WEIGHT
     """ULD weight, the paper's alpha: logits = target - assistant_weight * assistant (paper: 0.75 on TOFU)."""
     filter_rate: float = FILTER_RATE
@@ -222,6 +225,9 @@ def _check_values(c: RunConfig) -> None:
         raise UldError(f"option policy.lora_rank must be >= {low}, got {p.lora_rank}")
     check_range("policy.lora_alpha", p.lora_alpha, low=0.0, low_open=True)
     check_range("policy.lora_dropout", p.lora_dropout, 0.0, 1.0, high_open=True)
+    check_range("policy.norm_scale", p.norm_scale, low=0.0)
+    if p.norm_scale > 0 and p.kind != "uld":
+        raise UldError(f"option policy.norm_scale applies to the ULD assistant only, not to a {p.kind!r} policy")
     check_range("policy.assistant_weight", p.assistant_weight, low=0.0)
     check_range("policy.filter_rate", p.filter_rate, 0.0, 1.0)
     if p.target_modules is not None and not p.target_modules:

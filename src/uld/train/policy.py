@@ -87,6 +87,7 @@ class ULDPolicy(Policy):
             lora_alpha=p.lora_alpha,
             lora_dropout=p.lora_dropout,
             target_modules=p.target_modules,
+            norm_scale=p.norm_scale,
         )
         super().__init__(assistant, [target])
         self.target = target

@@ -31,6 +31,8 @@ class ULDConfig(PreTrainedConfig):
     num_layers: K, the assistant's decoder blocks (paper: a quarter of the target's).
     lora_rank / lora_alpha / lora_dropout / target_modules: the assistant's adapter (paper: 32 / 32 /
         0.05 / every linear layer in the blocks); rank 0 means a trainable copy of the K blocks.
+    norm_scale: > 0 when the assistant has its own final norm (saved with the adapter; its gain
+        started at the target's x norm_scale); 0: the target's, shared (the paper's).
     target_name_or_path: the target: a hub id, or a directory (in a saved run, relative to the
         run directory when the target is local).
     target_saved_from: the target's absolute directory when the run was saved, tried when the
@@ -50,6 +52,7 @@ class ULDConfig(PreTrainedConfig):
     lora_alpha: float = LORA_ALPHA
     lora_dropout: float = LORA_DROPOUT
     target_modules: list[str] | None = None
+    norm_scale: float = 0.0
     target_name_or_path: str | None = None
     target_saved_from: str | None = None
     target_fingerprint: dict | None = None

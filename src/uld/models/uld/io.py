@@ -261,7 +261,7 @@ def load_uld(cls: type[ULDForCausalLM], path: str | os.PathLike, *, target=None,
                        f"{str(root)!r} was built for {cfg.vocab_size}")
     assistant = build_assistant(target_model, num_layers=cfg.num_layers, lora_rank=cfg.lora_rank,
                                 lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                target_modules=cfg.target_modules)
+                                target_modules=cfg.target_modules, norm_scale=float(cfg.norm_scale or 0.0))
     assistant.load_adapter_state_dict(_read_adapter(root))
     model = cls(target_model, assistant, assistant_weight=cfg.assistant_weight, filter_rate=cfg.filter_rate)
     model.config.target_name_or_path = target_path or cfg.target_name_or_path

@@ -81,6 +81,7 @@ class ULDForCausalLM(PreTrainedModel, GenerationMixin):
             lora_alpha=float(acfg.get("lora_alpha", 0)),
             lora_dropout=float(acfg.get("lora_dropout", 0)),
             target_modules=acfg.get("target_modules"),
+            norm_scale=float(acfg.get("norm_scale", 0.0)),
             target_name_or_path=getattr(target, "name_or_path", None) or None,
             **fields,
         )
