@@ -69,6 +69,13 @@ def test_study_runs_end_to_end_and_resumes_from_its_cache(tofu_dir, tiny_model_d
     assert not any("building" in line for line in logs)
     assert all(v == 0.0 for v in again["stage_seconds"].values())
     assert again["results"]["ga"]["model_utility"] == rows["ga"]["model_utility"]
+    # a recipe changed under the same name trains anew (its stage is keyed on the recipe)
+    logs.clear()
+    changed = [Variant("ga", "ga", lr=2e-5, epochs=1, batch_size=2)]
+    run_study(str(tiny_model_dir), str(tofu_dir), out, cache, _tiny_cfg(), changed, log=logs.append)
+    assert [line for line in logs if "building" in line and "runs" in line][0].startswith("study: ga seed 0: building")
+    assert variants[1].recipe_key() != changed[0].recipe_key()
+    assert len(list((cache / "runs").glob("ga-*-s0"))) == 2
 
 
 def test_study_refuses_a_cache_built_with_other_settings(tofu_dir, tiny_model_dir, tmp_path):

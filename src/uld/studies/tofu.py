@@ -10,8 +10,10 @@ second run reuses every finished stage and a stopped one resumes where it stoppe
 2. `target/`, `retain_model/`: the given model fully fine-tuned (chat template applied) on
    `train` and on `retain` (the model that never saw the forget authors).
 3. `reference/`: the retain model's evaluation, the reference of forget quality.
-4. `eval-target/`, then `runs/<variant>-s<seed>/` for each unlearning variant: the run and its
-   evaluation (`eval*/`), one per inference setting (ULD's alpha).
+4. `eval-target/`, then `runs/<variant>-<recipe key>-s<seed>/` for each unlearning variant: the
+   run and its evaluation (`eval*/`), one per inference setting (ULD's alpha). The recipe key is a
+   hash of the variant's method, lr, epochs, batch and overrides, so a recipe changed under the
+   same name trains anew instead of reusing the old run.
 
 `study.json` in the cache records the data/fine-tuning settings; a cache built with other ones is
 refused. The variants (methods and their recipes) may change between runs: each has its own stage.
@@ -76,6 +78,15 @@ class Variant:
     """Dotted RunConfig fields, e.g. {"policy.lora_rank": 0, "train.stop_forget_prob": 0.9, "loss.beta": 6.5}."""
     alphas: list[float] = field(default_factory=list)
     """ULD only: evaluate at each assistant weight (empty: the run's own)."""
+
+    def recipe_key(self) -> str:
+        """12 hex digits of a hash of what the run trains with (method, lr, epochs, batch, overrides;
+        not the name nor the inference settings)."""
+        import hashlib
+
+        recipe = {"method": self.method, "lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
+                  "overrides": self.overrides}
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
 Log = Callable[[str], None]
@@ -294,7 +305,7 @@ def run_study(model: str, data: str, out: Path, cache: Path, cfg: StudyConfig, v
             label = v.name if alpha is None or len(v.alphas) < 2 else f"{v.name} a={alpha}"
             per_seed[label] = []
         for seed in range(seeds):
-            stage_dir = cache / "runs" / f"{v.name}-s{seed}"
+            stage_dir = cache / "runs" / f"{v.name}-{v.recipe_key()}-s{seed}"
             info = _stage(stage_dir / "run", f"{v.name} seed {seed}",
                           lambda tmp, v=v, seed=seed: _run_info(run_variant(v, target, d, tmp / "model", seed, cfg)),
                           log, seconds)
