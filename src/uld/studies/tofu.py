@@ -229,15 +229,18 @@ def default_variants(quick: bool) -> list[Variant]:
 
     Baselines: full-model unlearning at batch 4, lr 2e-5, 5 epochs (TOFU / NPO: lr 1e-5, 5 epochs at
     batch 32 on 7B models). ULD: the paper's recipe (K = L/4, LoRA r32, lr 1e-3, beta 6.5) as the
-    reference row, and the recipe that makes the truncated assistant learn at this scale: a
-    trainable private copy of the K blocks (`lora_rank=0`), lr 1e-4, batch 8, until it memorises the
-    forget answers (mean probability 0.9) or 40 epochs.
+    reference row, and the recipe that made the truncated assistant learn on SmolLM2-135M (probes in
+    docs/realmodel.md): a trainable private copy of the K blocks (`lora_rank=0`) at lr 1e-3, a
+    private final norm at 0.2x the target's gain (`norm_scale`), the retain term left out while the
+    forget NLL is above 1 nat (`warmup_forget_nll`), batch 8, 20 epochs or until the assistant's
+    forget-answer probability reaches 0.9.
     """
     base = {"lr": 2e-5, "epochs": 5, "batch_size": 4}
     baselines = [Variant(m, m, **base) for m in ("ga", "gd", "npo", "npo_gd", "simnpo", "idkpo")]
     baselines.append(Variant("rmu", "rmu", lr=5e-5, epochs=5, batch_size=4))
-    uld = Variant("uld", "uld", lr=1e-4, epochs=40, batch_size=8,
-                  overrides={"policy.lora_rank": 0, "train.stop_forget_prob": 0.9},
+    uld = Variant("uld", "uld", lr=1e-3, epochs=20, batch_size=8,
+                  overrides={"policy.lora_rank": 0, "policy.norm_scale": 0.2, "loss.warmup_forget_nll": 1.0,
+                             "train.stop_forget_prob": 0.9},
                   alphas=[0.75] if quick else [0.5, 0.75, 1.0])
     paper = Variant("uld-paper", "uld", lr=1e-3, epochs=10, batch_size=32, alphas=[0.75])
     return [uld, *baselines] if quick else [uld, paper, *baselines]
