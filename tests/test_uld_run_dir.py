@@ -257,3 +257,12 @@ def test_export_bundle_then_generate_with_the_bundle_alone(run, tmp_path, capsys
     assert str((tmp_path / "models" / "target").resolve()) in capsys.readouterr().err
     assert main([*args, "--model", str(root), "--target", str(tmp_path / "bundle" / "target")]) == 0
     assert capsys.readouterr().out == want
+
+
+def test_the_fingerprint_samples_tensors_larger_than_float32_counts_exactly():
+    from uld.models.uld.identity import _sample
+
+    n = 49_152 * 576  # SmolLM2's embedding: past 2^24, where float32 cannot index its last element
+    big = torch.arange(2, dtype=torch.float32).repeat_interleave(torch.tensor([n - 1, 1]))
+    got = _sample(big)
+    assert len(got) == 32 and got[0] == 0.0 and got[-1] == 1.0  # the last sample is the last element

@@ -29,7 +29,10 @@ def _sample(t: torch.Tensor) -> list[float] | None:
     if t.device.type == "meta" or t.numel() == 0:
         return None
     flat = t.detach().reshape(-1)
-    idx = torch.linspace(0, flat.numel() - 1, min(SAMPLES, flat.numel())).round().long().to(flat.device)
+    # float64: in float32 the last index of a tensor over 2^24 elements (e.g. a 49,152 x 576 embedding)
+    # rounds past its end.
+    n = flat.numel()
+    idx = torch.linspace(0, n - 1, min(SAMPLES, n), dtype=torch.float64).round().long().clamp_(max=n - 1).to(flat.device)
     return [float(x) for x in flat.index_select(0, idx).float().cpu()]
 
 
