@@ -35,6 +35,7 @@ def eval_command(
     mia: bool = typer.Option(True, "--mia/--no-mia", help="Membership inference (forget vs holdout) and privleak."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
     chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help="Use the tokenizer's chat template when it has one."),
+    assistant_weight: float | None = typer.Option(None, "--assistant-weight", help="ULD only (tofu): evaluate at this assistant weight instead of the run's saved one."),
 ) -> None:
     """Evaluate a model on TOFU (forget quality, model utility, truth ratios, ROUGE, MIA, memorisation), MUSE or the copyright protocol."""
     from uld.eval.checks import check_device, check_generation
@@ -44,6 +45,10 @@ def eval_command(
         check_generation(max_new_tokens)
     check_device(device)
     if task != "tofu":
+        if assistant_weight is not None:
+            from uld.errors import UldError
+
+            raise UldError("--assistant-weight applies to --task tofu only")
         _text_task(task, model, data, out, reference, max_items, batch_size, max_new_tokens, max_length, device)
         return
     from rich.console import Console
@@ -58,6 +63,7 @@ def eval_command(
         task=task, forget=forget, max_items=max_items, batch_size=batch_size, max_length=512 if max_length is None else max_length,
         max_new_tokens=200 if max_new_tokens is None else max_new_tokens, metrics=metrics, mia=mia, protocol=protocol,
         prompt_template=prompt_template, answer_prefix=answer_prefix, chat_template=chat_template, device=device,
+        assistant_weight=assistant_weight,
     )
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -55,6 +55,9 @@ class EvalConfig:
     chat_template: bool = True
     gradnorm_p: float = 2.0
     device: str | None = None
+    assistant_weight: float | None = None
+    """ULD models only: evaluate at this assistant weight (target - w * assistant) instead of the
+    saved one; None = the run's own."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +85,8 @@ class EvalConfig:
                 "nor a template with a {question} field"
             )
         check_device(self.device)
+        if self.assistant_weight is not None and not (math.isfinite(self.assistant_weight) and self.assistant_weight >= 0):
+            raise UldError(f"--assistant-weight must be a finite number >= 0, got {self.assistant_weight}")
 
     def prompt_format(self):
         """The `PromptFormat` these settings describe."""

@@ -104,12 +104,19 @@ def evaluate_model(
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = resolve_model_path(str(model))
+    if config.assistant_weight is not None:
+        from uld.models.uld.io import is_uld_dir
+
+        if not is_uld_dir(path):
+            raise UldError(f"--assistant-weight applies only to a ULD run directory, and {str(model)!r} is not one")
     local = Path(path)
     if local.is_dir() and any((local / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         # lengths are checked with the tokenizer alone, before the weights are loaded
         encoder = QAEncoder(load_tokenizer(local), prompt_format_for(config, path), config.protocol, config.max_length)
         check_lengths(encoder, tofu, config.max_length, config.max_new_tokens, None)
     lm_model, tokenizer = load_model(path, device=device)
+    if config.assistant_weight is not None:
+        lm_model.assistant_weight = config.assistant_weight
     fmt = prompt_format_for(config, path, log)
     lm = HFLanguageModel(lm_model, tokenizer, batch_size=config.batch_size, device=device)
     ref_lm = None

@@ -179,32 +179,20 @@ def _finetune(model_path: str, data: Path, split: str, cfg: StudyConfig, out: Pa
 
 def evaluate_dir(model_dir: Path | str, data: Path, out: Path, cfg: StudyConfig, reference: Path | None,
                  alpha: float | None = None, log: Log = print) -> dict[str, dict]:
-    """TOFU metrics of a model (a ULD run evaluated at assistant weight `alpha` when given)."""
-    import torch
+    """TOFU metrics of a model (a ULD run evaluated at assistant weight `alpha` when given), through
+    `uld eval`'s own entry point and config (the prompt format the run recorded, else the chat template;
+    the study's lengths and batch)."""
+    from uld.eval.config import EvalConfig
+    from uld.eval.run import evaluate_model
 
-    from uld.data.prompts import PromptFormat
-    from uld.eval.reference import read_log
-    from uld.eval.results import write_results
-    from uld.eval.scoring import CausalLMScorer
-    from uld.eval.tofu import evaluate, load_tofu_data
-    from uld.models.loading import load_model, resolve_model_path
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    lm, tok = load_model(resolve_model_path(str(model_dir)), device=device)
-    if alpha is not None:
-        if not hasattr(lm, "assistant_weight"):
-            raise UldError(f"{model_dir} is not a ULD model; an assistant weight applies only to ULD")
-        lm.assistant_weight = alpha
-    tofu = load_tofu_data(str(data), FORGET_SPLIT)
-    scorer = CausalLMScorer(lm, tok, PromptFormat(), batch_size=cfg.eval_batch, max_length=cfg.max_length, device=device)
+    config = EvalConfig(forget=FORGET_SPLIT, batch_size=cfg.eval_batch, max_length=cfg.max_length,
+                        max_new_tokens=cfg.eval_max_new_tokens, assistant_weight=alpha)
 
     def progress(desc: str, total: int) -> Callable[[int], None]:
         log(f"study:   {desc}: {total} items")
         return lambda done: None
 
-    metrics = evaluate(scorer, tofu, reference=read_log(reference) if reference else None,
-                       max_new_tokens=cfg.eval_max_new_tokens, progress=progress)
-    write_results(out, metrics)
+    metrics, _ = evaluate_model(model_dir, data, out, config, reference=reference, progress=progress, log=None)
     return metrics
 
 
