@@ -173,6 +173,18 @@ def describe_os_error(e: OSError) -> str:
     return f"{what} ({e.filename})" if e.filename else what
 
 
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Write a matplotlib figure as PNG atomically, and close it (also when the write fails)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
 def write_json_files(out_dir: str | os.PathLike, files: dict[str, Any]) -> None:
     """Write each `name -> object` as JSON into `out_dir`, each file atomically (temp + rename);
     `UldError` first when `out_dir` cannot be a directory (see `check_out`)."""

@@ -185,7 +185,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from uld.io import atomic_open
+    from uld.io import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, r in results.items():
@@ -202,11 +202,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
     ax.axhline(0.05, color="grey", linestyle=":", linewidth=1)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    try:
-        with atomic_open(path, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_demo(out: Path, cache: Path, seeds: int = 1, quick: bool = False, settings: dict[str, Any] | None = None,

@@ -133,7 +133,7 @@ def robustness_plot(robust: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from uld.io import atomic_open
+    from uld.io import save_figure
 
     methods = list(robust)
     keys = [k for k in next(iter(robust.values()))["variants"] if k != "plain"]
@@ -152,8 +152,4 @@ def robustness_plot(robust: dict[str, dict[str, Any]], path: Path) -> None:
     ax.set_yticks(range(len(methods)), methods)
     ax.set_title("recovery of ROUGE-L recall (leak@k: leak rate); 0 = forgetting held, 1 = back to the target", fontsize=9)
     fig.tight_layout()
-    try:
-        with atomic_open(path, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)

@@ -70,7 +70,7 @@ def plot(rows: dict[str, dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from uld.io import atomic_open
+    from uld.io import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 5))
     groups: dict[str, list[tuple[float, float, str]]] = {}
@@ -93,8 +93,4 @@ def plot(rows: dict[str, dict], path: Path, title: str) -> None:
     ax.axhline(0.05, color="grey", linestyle=":", linewidth=1)
     ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
-    try:
-        with atomic_open(path, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
