@@ -22,6 +22,28 @@ from uld.errors import UldError
 from uld.io import atomic_write_text, check_out, read_json, read_json_lines
 
 
+def _writes_fail(monkeypatch, error: OSError) -> None:
+    """Every write() to a file that uld.io opens raises `error` (the file is still closed)."""
+    import uld.io
+
+    real_fdopen = os.fdopen
+
+    class Failing:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, _):
+            raise error
+
+    monkeypatch.setattr(uld.io.os, "fdopen", lambda fd, *a, **k: Failing(real_fdopen(fd, *a, **k)))
+
+
 def _lines(text: str) -> list[str]:
     return [ln for ln in text.strip().splitlines() if ln.strip()]
 
@@ -217,26 +239,9 @@ def test_bench_out_on_its_own_model_is_refused(tmp_path, capsys):
 
 def test_a_full_disk_is_one_sentence_and_leaves_no_temp_file(tmp_path, monkeypatch, capsys):
     """ENOSPC while writing: the old file stays, the temp file goes, and the CLI prints one line."""
-    import uld.io
-
     target = tmp_path / "results.json"
     target.write_text("old")
-    real_fdopen = os.fdopen
-
-    class Full:
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, _):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
-
-    monkeypatch.setattr(uld.io.os, "fdopen", lambda fd, *a, **k: Full(real_fdopen(fd, *a, **k)))
+    _writes_fail(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)))
     with pytest.raises(OSError):
         atomic_write_text(target, "new")
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
@@ -258,26 +263,10 @@ def test_a_full_disk_is_one_sentence_and_leaves_no_temp_file(tmp_path, monkeypat
 def test_a_write_error_without_a_file_name_names_the_result_file(tmp_path, monkeypatch):
     """A real failed write() (here EFBIG, a file-size limit) carries no file name; the message
     used to be a bare "File too large"."""
-    import uld.io
     from uld.io import describe_os_error
 
     target = tmp_path / "results.json"
-    real_fdopen = os.fdopen
-
-    class TooLarge:
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, _):
-            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
-
-    monkeypatch.setattr(uld.io.os, "fdopen", lambda fd, *a, **k: TooLarge(real_fdopen(fd, *a, **k)))
+    _writes_fail(monkeypatch, OSError(errno.EFBIG, os.strerror(errno.EFBIG)))
     with pytest.raises(OSError) as e:
         atomic_write_text(target, "new")
     assert describe_os_error(e.value) == f"file too large ({target})" and list(tmp_path.iterdir()) == []
