@@ -76,6 +76,45 @@ def test_study_runs_end_to_end_and_resumes_from_its_cache(tofu_dir, tiny_model_d
     assert [line for line in logs if "building" in line and "runs" in line][0].startswith("study: ga seed 0: building")
     assert variants[1].recipe_key() != changed[0].recipe_key()
     assert len(list((cache / "runs").glob("ga-*-s0"))) == 2
+    # more seeds for the chosen settings: seed 0 reused, ULD's chosen weight and GA get seed 1 only
+    logs.clear()
+    seeded = run_study(str(tiny_model_dir), str(tofu_dir), out, cache, _tiny_cfg(), variants, log=logs.append, chosen_seeds=2)
+    chosen = seeded["chosen"]
+    assert chosen["baseline"] == "ga" and chosen["uld"] in ("uld a=0.5", "uld a=1.0")
+    other = ({"uld a=0.5", "uld a=1.0"} - {chosen["uld"]}).pop()
+    assert [len(seeded["per_seed"][k]) for k in (chosen["uld"], other, "ga")] == [2, 1, 2]
+    assert seeded["results"][chosen["uld"]]["seeds"] == 2 and seeded["results"][other]["seeds"] == 1
+    assert set(seeded["spread"]) == {chosen["uld"], "ga"}
+    alpha = chosen["uld"].split("=")[1]
+    assert sorted(p.name for p in (cache / "runs").glob("uld-*-s1/eval*")) == [f"eval-a{alpha}"]
+    assert seeded["results"]["ga"]["model_utility"] == pytest.approx(
+        (rows["ga"]["model_utility"] + seeded["per_seed"]["ga"][1]["model_utility"]) / 2)
+    report = (out / "REPORT.md").read_text()
+    assert "Chosen settings" in report and "## Per seed" in report and "## Spread over seeds" in report
+
+
+def test_choose_takes_the_best_forget_quality_that_keeps_utility():
+    from uld.studies.tofu import choose
+
+    rows = {"a": {"forget_quality": 0.9, "model_utility": 0.50}, "b": {"forget_quality": 0.99, "model_utility": 0.40},
+            "c": {"forget_quality": 0.5, "model_utility": 0.60}, "d": {"forget_quality": None, "model_utility": 0.9}}
+    assert choose(rows, ["a", "b", "c", "d"], target_utility=0.5) == "a"  # b loses utility; d has no FQ
+    assert choose(rows, ["a", "b", "c"], target_utility=0.4) == "b"
+    assert choose(rows, ["a", "b", "c"], target_utility=0.7) == "c"  # none keeps 95 %: the highest utility
+    assert choose(rows, ["d", "x"], target_utility=0.5) is None
+
+
+def test_default_variants_quick_and_reported():
+    from uld.studies.tofu import BASELINE_LRS, BASELINES, ULD_ALPHAS, default_variants
+
+    quick, full = default_variants(True), default_variants(False)
+    assert [v.method for v in quick] == ["uld", *BASELINES] and quick[0].alphas == [0.75]
+    assert len(full) == 2 + sum(len(BASELINE_LRS[m]) for m in BASELINES) and full[0].alphas == list(ULD_ALPHAS)
+    for vs in (quick, full):
+        assert len({v.name for v in vs}) == len(vs) and len({v.stage_name() for v in vs}) == len(vs)
+    # the quick recipe of each baseline is the reported sweep's first: one cached run serves both sizes' settings
+    by_key = {v.stage_name() for v in full}
+    assert all(v.stage_name() in by_key for v in quick)
 
 
 def test_study_refuses_a_cache_built_with_other_settings(tofu_dir, tiny_model_dir, tmp_path):

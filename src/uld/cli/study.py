@@ -50,9 +50,11 @@ def tofu_command(
     data: str | None = typer.Option(None, "--data", help="TOFU data: a directory of TOFU-schema splits or a hub id (locuslab/TOFU)."),
     out: Path = typer.Option(Path("uld-study"), "--out", help="Directory for results.json, REPORT.md and the plot."),
     cache: Path = typer.Option(Path(".uld-cache/study"), "--cache", help="Stage cache (data, target, retain model, runs, evaluations)."),
-    quick: bool = typer.Option(False, "--quick", help="3 retain + 1 forget author, 10 QA each, one recipe per method."),
-    seeds: int = typer.Option(1, "--seeds", help="Unlearning seeds per method (means reported)."),
-    methods: str = typer.Option("", "--methods", help="Comma-separated variants to run (default: all), e.g. uld,npo_gd."),
+    quick: bool = typer.Option(False, "--quick", help="2 retain + 1 forget author, 10 QA each, one recipe per method, one seed."),
+    seeds: int = typer.Option(1, "--seeds", help="Unlearning seeds per setting (means reported)."),
+    chosen_seeds: int | None = typer.Option(
+        None, "--chosen-seeds", help="Seeds for the chosen setting of ULD and of the best baseline (default 3; 1 with --quick)."),
+    methods: str = typer.Option("", "--methods", help="Comma-separated methods or variants to run (default: all), e.g. uld,npo_gd."),
     retain_authors: int | None = typer.Option(None, "--retain-authors", help="Retain authors (the first of TOFU's full)."),
     forget_authors: int | None = typer.Option(None, "--forget-authors", help="Forget authors (the last of TOFU's full)."),
     qa_per_author: int | None = typer.Option(None, "--qa-per-author", help="QA pairs per author (TOFU: 20)."),
@@ -66,24 +68,26 @@ def tofu_command(
     from rich.console import Console
 
     from uld.errors import UldError
-    from uld.studies.tofu import StudyConfig, default_variants, quick_config, run_study
+    from uld.studies.tofu import default_variants, quick_config, reported_config, run_study
 
     if not model or not data:
         raise UldError("uld study tofu needs --model (hub id, model directory or .gguf file) and --data (TOFU splits)")
     err = Console(stderr=True)
-    cfg = quick_config() if quick else StudyConfig()
+    cfg = quick_config() if quick else reported_config()
     sizes = {"retain_authors": retain_authors, "forget_authors": forget_authors, "qa_per_author": qa_per_author,
              "general_items": general_items, "finetune_epochs": finetune_epochs}
     cfg = replace(cfg, **{k: v for k, v in sizes.items() if v is not None})
     variants = default_variants(quick)
     if methods:
         wanted = [m.strip() for m in methods.split(",") if m.strip()]
-        known = [v.name for v in variants]
+        known = list(dict.fromkeys([v.method for v in variants] + [v.name for v in variants]))
         bad = [m for m in wanted if m not in known]
         if bad:
             raise UldError(f"unknown variant(s) {', '.join(bad)} in --methods; available: {', '.join(known)}")
-        variants = [v for v in variants if v.name in wanted]
-    result = run_study(model, data, out, cache, cfg, variants, seeds, log=lambda s: err.print(s, highlight=False))
+        variants = [v for v in variants if v.name in wanted or v.method in wanted]
+    n_chosen = chosen_seeds if chosen_seeds is not None else (1 if quick else 3)
+    result = run_study(model, data, out, cache, cfg, variants, seeds, log=lambda s: err.print(s, highlight=False),
+                       chosen_seeds=n_chosen)
     from uld.studies.demo import fmt
     from uld.studies.tofu_report import COLUMNS
 

@@ -10,10 +10,13 @@ second run reuses every finished stage and a stopped one resumes where it stoppe
 2. `target/`, `retain_model/`: the given model fully fine-tuned (chat template applied) on
    `train` and on `retain` (the model that never saw the forget authors).
 3. `reference/`: the retain model's evaluation, the reference of forget quality.
-4. `eval-target/`, then `runs/<variant>-<recipe key>-s<seed>/` for each unlearning variant: the
+4. `eval-target/`, then `runs/<method>-<recipe key>-s<seed>/` for each unlearning variant: the
    run and its evaluation (`eval*/`), one per inference setting (ULD's alpha). The recipe key is a
    hash of the variant's method, lr, epochs, batch and overrides, so a recipe changed under the
-   same name trains anew instead of reusing the old run.
+   same name trains anew instead of reusing the old run (and a renamed one reuses it).
+5. With `chosen_seeds` above `seeds`: the chosen setting of ULD and of the best baseline (`choose`:
+   the highest forget quality among the rows that keep 95 % of the target's model utility) gets
+   further seeds, evaluated at that setting only; their rows become means over the seeds.
 
 `study.json` in the cache records the data/fine-tuning settings; a cache built with other ones is
 refused. The variants (methods and their recipes) may change between runs: each has its own stage.
@@ -78,6 +81,14 @@ class Variant:
     """Dotted RunConfig fields, e.g. {"policy.lora_rank": 0, "train.stop_forget_prob": 0.9, "loss.beta": 6.5}."""
     alphas: list[float] = field(default_factory=list)
     """ULD only: evaluate at each assistant weight (empty: the run's own)."""
+
+    def stage_name(self) -> str:
+        """The run's cache directory name without the seed: method and recipe key."""
+        return f"{self.method}-{self.recipe_key()}"
+
+    def label(self, alpha: float | None) -> str:
+        """The row name of this variant evaluated at assistant weight `alpha`."""
+        return self.name if alpha is None or len(self.alphas) < 2 else f"{self.name} a={alpha}"
 
     def recipe_key(self) -> str:
         """12 hex digits of a hash of what the run trains with (method, lr, epochs, batch, overrides;
@@ -212,31 +223,61 @@ def run_variant(v: Variant, target: Path, data: Path, out: Path, seed: int, cfg:
     return unlearn(run, out)
 
 
+BASELINES = ("ga", "gd", "npo", "npo_gd", "simnpo", "idkpo", "rmu")
+BASELINE_LRS = {m: (2e-5, 5e-5) for m in BASELINES} | {"simnpo": (2e-5, 1e-4), "rmu": (5e-5, 2e-4)}
+"""The reported study's learning-rate sweep per baseline (5 epochs, batch 4); `--quick` runs the first."""
+ULD_ALPHAS = (0.5, 0.75, 1.0)
+"""The reported study's assistant weights (`--quick`: 0.75, the paper's default)."""
+
+
 def default_variants(quick: bool) -> list[Variant]:
     """The methods and recipes of the study (docs/realmodel.md says how they were chosen).
 
-    Baselines: full-model unlearning at batch 4, lr 2e-5, 5 epochs (TOFU / NPO: lr 1e-5, 5 epochs at
-    batch 32 on 7B models). ULD: the paper's recipe (K = L/4, LoRA r32, lr 1e-3, beta 6.5) as the
-    reference row, and the recipe that made the truncated assistant learn on SmolLM2-135M (probes in
-    docs/realmodel.md): a trainable private copy of the K blocks (`lora_rank=0`) at lr 1e-3, a
-    private final norm at 0.2x the target's gain (`norm_scale`), the retain term left out while the
-    forget NLL is above 1 nat (`warmup_forget_nll`), batch 8, 20 epochs or until the assistant's
-    forget-answer probability reaches 0.9.
+    Baselines: full-model unlearning at batch 4 for 5 epochs (TOFU / NPO: lr 1e-5, 5 epochs at batch
+    32 on 7B models), swept over `BASELINE_LRS` (the first lr alone with `quick`). ULD: the recipe
+    that made the truncated assistant learn on SmolLM2-135M (probes in docs/realmodel.md): a
+    trainable private copy of the K = L/4 blocks (`lora_rank=0`) at lr 1e-3, a private final norm
+    at 0.2x the target's gain (`norm_scale`), the retain term left out while the forget NLL is above
+    1 nat (`warmup_forget_nll`), batch 8, 20 epochs or until the assistant's forget-answer
+    probability reaches 0.9; evaluated at each of `ULD_ALPHAS`. The full study adds the paper's own
+    recipe (LoRA r32, lr 1e-3, batch 32, 10 epochs) as `uld-paper`.
     """
-    base = {"lr": 2e-5, "epochs": 5, "batch_size": 4}
-    baselines = [Variant(m, m, **base) for m in ("ga", "gd", "npo", "npo_gd", "simnpo", "idkpo")]
-    baselines.append(Variant("rmu", "rmu", lr=5e-5, epochs=5, batch_size=4))
     uld = Variant("uld", "uld", lr=1e-3, epochs=20, batch_size=8,
                   overrides={"policy.lora_rank": 0, "policy.norm_scale": 0.2, "loss.warmup_forget_nll": 1.0,
                              "train.stop_forget_prob": 0.9},
-                  alphas=[0.75] if quick else [0.5, 0.75, 1.0])
+                  alphas=[0.75] if quick else list(ULD_ALPHAS))
+    if quick:
+        return [uld, *(Variant(m, m, lr=BASELINE_LRS[m][0], epochs=5, batch_size=4) for m in BASELINES)]
     paper = Variant("uld-paper", "uld", lr=1e-3, epochs=10, batch_size=32, alphas=[0.75])
-    return [uld, *baselines] if quick else [uld, paper, *baselines]
+    sweep = [Variant(f"{m} lr={lr:g}", m, lr=lr, epochs=5, batch_size=4) for m in BASELINES for lr in BASELINE_LRS[m]]
+    return [uld, paper, *sweep]
+
+
+def choose(rows: dict[str, dict], labels: list[str], target_utility: float | None, keep: float = 0.95) -> str | None:
+    """The label among `labels` with the highest forget quality among rows whose model utility is at
+    least `keep` x the target's (ties: higher utility); when none keeps it, the highest utility."""
+    have = [lb for lb in labels if rows.get(lb, {}).get("forget_quality") is not None
+            and rows[lb].get("model_utility") is not None]
+    if not have:
+        return None
+    floor = keep * target_utility if target_utility is not None else float("-inf")
+    kept = [lb for lb in have if rows[lb]["model_utility"] >= floor]
+    if kept:
+        return max(kept, key=lambda lb: (rows[lb]["forget_quality"], rows[lb]["model_utility"]))
+    return max(have, key=lambda lb: rows[lb]["model_utility"])
 
 
 def quick_config() -> StudyConfig:
-    """`--quick`: 3 retain authors + 1 forget author, 10 QA each, 20 general items; fine-tuning at
-    batch 4 for 4 epochs (40 optimizer steps on the target's 40 QA)."""
+    """`--quick`: 2 retain authors + 1 forget author, 10 QA each, 10 real-author and 10 world-fact
+    items; fine-tuning at batch 4 for 4 epochs (30 optimizer steps on the target's 30 QA)."""
+    return StudyConfig(retain_authors=2, forget_authors=1, qa_per_author=10, general_items=10, finetune_epochs=4,
+                       finetune_batch=4, eval_max_new_tokens=40)
+
+
+def reported_config() -> StudyConfig:
+    """The reported study (no `--quick`): 3 retain authors + 1 forget author, 10 QA each, 20
+    real-author and 20 world-fact items, fine-tuning at batch 4 for 4 epochs; with the sweep and
+    3 seeds of the chosen settings it fits about 2 hours on a 2-core CPU."""
     return StudyConfig(retain_authors=3, forget_authors=1, qa_per_author=10, general_items=20, finetune_epochs=4,
                        finetune_batch=4, eval_max_new_tokens=40)
 
@@ -254,16 +295,16 @@ def _check_settings(cache: Path, wanted: dict[str, Any]) -> None:
 
 
 def run_study(model: str, data: str, out: Path, cache: Path, cfg: StudyConfig, variants: list[Variant],
-              seeds: int = 1, log: Log = print) -> dict[str, Any]:
+              seeds: int = 1, log: Log = print, chosen_seeds: int = 1) -> dict[str, Any]:
     """The whole study; returns results.json's content (also written to `out` with REPORT.md and the plot)."""
     from uld.data.records import load_split
     from uld.io import atomic_write_json, atomic_write_text
     from uld.models.gguf import resolve_gguf
-    from uld.studies.demo import average
+    from uld.studies.demo import average, spread
     from uld.studies.tofu_report import plot, report_markdown, summary
 
-    if seeds < 1:
-        raise UldError(f"--seeds must be at least 1, got {seeds}")
+    if seeds < 1 or chosen_seeds < 1:
+        raise UldError(f"--seeds and --chosen-seeds must be at least 1, got {seeds} and {chosen_seeds}")
     check_out(out)
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
@@ -275,6 +316,7 @@ def run_study(model: str, data: str, out: Path, cache: Path, cfg: StudyConfig, v
     _check_settings(cache, {"model": str(Path(model).resolve()) if Path(model).exists() else model,
                             "data": str(Path(data).resolve()) if Path(data).exists() else data, "study": cfg.to_dict()})
     seconds: dict[str, float] = {}
+    spreads: dict[str, dict] = {}
     d, target, retain, ref = cache / "data", cache / "target", cache / "retain_model", cache / "reference"
     sizes = _stage(d, "data", lambda tmp: {"splits": prepare_data(data, cfg, tmp)}, log, seconds)["splits"]
     _stage(target, "target", lambda tmp: _finetune(model, d, "train", cfg, tmp, log), log, seconds)
@@ -287,31 +329,45 @@ def run_study(model: str, data: str, out: Path, cache: Path, cfg: StudyConfig, v
         _stage(path, name, lambda tmp: {"n": len(evaluate_dir(model_dir, d, tmp, cfg, ref, alpha, log))}, log, seconds)
         return json.loads((path / "TOFU_EVAL.json").read_text(encoding="utf-8"))
 
+    def run_seed(v: Variant, seed: int, alphas: list[float | None]) -> None:
+        stage_dir = cache / "runs" / f"{v.stage_name()}-s{seed}"
+        info = _stage(stage_dir / "run", f"{v.name} seed {seed}",
+                      lambda tmp: _run_info(run_variant(v, target, d, tmp / "model", seed, cfg)), log, seconds)
+        for alpha in alphas:
+            tag = "eval" if alpha is None else f"eval-a{alpha}"
+            m = evaluated(stage_dir / tag, f"eval {v.label(alpha)} seed {seed}", stage_dir / "run" / "model", alpha)
+            per_seed.setdefault(v.label(alpha), []).append(summary(m, info["seconds"], info.get("final")))
+
     rows["target"] = summary(evaluated(cache / "eval-target", "eval target", target, None), None)
     # The reference itself: its truth ratios against themselves, KS p-value 1 by definition.
     rows["retain"] = {**summary(json.loads((ref / "TOFU_EVAL.json").read_text(encoding="utf-8")), None),
                       "forget_quality": 1.0, "log10_forget_quality": 0.0}
     for v in variants:
-        for alpha in v.alphas or [None]:
-            label = v.name if alpha is None or len(v.alphas) < 2 else f"{v.name} a={alpha}"
-            per_seed[label] = []
         for seed in range(seeds):
-            stage_dir = cache / "runs" / f"{v.name}-{v.recipe_key()}-s{seed}"
-            info = _stage(stage_dir / "run", f"{v.name} seed {seed}",
-                          lambda tmp, v=v, seed=seed: _run_info(run_variant(v, target, d, tmp / "model", seed, cfg)),
-                          log, seconds)
-            for alpha in v.alphas or [None]:
-                label = v.name if alpha is None or len(v.alphas) < 2 else f"{v.name} a={alpha}"
-                tag = "eval" if alpha is None else f"eval-a{alpha}"
-                m = evaluated(stage_dir / tag, f"eval {label} seed {seed}", stage_dir / "run" / "model", alpha)
-                per_seed[label].append(summary(m, info["seconds"], info.get("final")))
+            run_seed(v, seed, v.alphas or [None])
+    chosen: dict[str, str] = {}
+    if chosen_seeds > seeds:
+        so_far = {label: average(r) for label, r in per_seed.items()}
+        settings_of = {v.label(a): (v, a) for v in variants for a in v.alphas or [None]}
+        for kind, is_uld in (("uld", True), ("baseline", False)):
+            labels = [lb for lb, (v, _) in settings_of.items() if (v.method == "uld") == is_uld]
+            best = choose(so_far, labels, rows["target"].get("model_utility"))
+            if best is None:
+                continue
+            chosen[kind] = best
+            v, alpha = settings_of[best]
+            log(f"study: chosen {kind} setting {best!r}: {chosen_seeds} seeds")
+            for seed in range(seeds, chosen_seeds):
+                run_seed(v, seed, [alpha])
     for label, r in per_seed.items():
         rows[label] = average(r)
+        if len(r) > 1:
+            spreads[label] = spread(r)
     total = time.time() - t_start
     settings = {"model": model, "data": data, "study": cfg.to_dict(), "split_sizes": sizes,
-                "variants": [asdict(v) for v in variants], "seeds": seeds}
-    result = {"results": rows, "per_seed": per_seed, "settings": settings, "stage_seconds": seconds,
-              "total_seconds": round(total, 1)}
+                "variants": [asdict(v) for v in variants], "seeds": seeds, "chosen_seeds": chosen_seeds}
+    result = {"results": rows, "per_seed": per_seed, "spread": spreads, "chosen": chosen, "settings": settings,
+              "stage_seconds": seconds, "total_seconds": round(total, 1)}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", result)
     atomic_write_text(out / "REPORT.md", report_markdown(result))

@@ -30,16 +30,32 @@ def summary(metrics: dict[str, dict], seconds: float | None, final: dict | None 
 def report_markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     st = s["study"]
-    head = "| model | " + " | ".join(c for _, c in COLUMNS) + " |"
+    head = "| model | seeds | " + " | ".join(c for _, c in COLUMNS) + " |"
+    chosen = result.get("chosen") or {}
     lines = [f"# uld study tofu: {Path(s['model']).name}", "",
              f"Real TOFU data ({s['data']}): {st['retain_authors']} retain + {st['forget_authors']} forget author(s), "
-             f"{st['qa_per_author']} QA each; {s['seeds']} unlearning seed(s) (means shown).", "",
-             head, "|" + "---|" * (len(COLUMNS) + 1)]
+             f"{st['qa_per_author']} QA each; {s['seeds']} unlearning seed(s) per setting"
+             + (f", {s.get('chosen_seeds')} for the chosen settings" if chosen else "") + " (means shown).", "",
+             head, "|" + "---|" * (len(COLUMNS) + 2)]
     for name, r in result["results"].items():
-        lines.append(f"| {name} | " + " | ".join(fmt(r.get(k)) for k, _ in COLUMNS) + " |")
-    if s["seeds"] > 1:
-        lines += ["", "## Per seed", "", head.replace("| model |", "| model | seed |"), "|" + "---|" * (len(COLUMNS) + 2)]
+        lines.append(f"| {name} | {r.get('seeds', '-')} | " + " | ".join(fmt(r.get(k)) for k, _ in COLUMNS) + " |")
+    if chosen:
+        lines += ["", "Chosen settings (the highest forget quality among the settings that keep 95 % of the target's "
+                  "model utility, else the highest utility), run with more seeds: "
+                  + ", ".join(f"{kind} `{label}`" for kind, label in chosen.items()) + "."]
+    spreads = result.get("spread") or {}
+    if spreads:
+        lines += ["", "## Spread over seeds (sample standard deviation)", "",
+                  "| model | seeds | " + " | ".join(c for _, c in COLUMNS[:10]) + " |", "|" + "---|" * 12]
+        for name, sp in spreads.items():
+            cells = [fmt(sp[k]["sd"]) if sp.get(k) else "n/a" for k, _ in COLUMNS[:10]]
+            lines.append(f"| {name} | {len(result['per_seed'][name])} | " + " | ".join(cells) + " |")
+    if any(len(rows) > 1 for rows in result["per_seed"].values()):
+        lines += ["", "## Per seed", "", "| model | seed | " + " | ".join(c for _, c in COLUMNS) + " |",
+                  "|" + "---|" * (len(COLUMNS) + 2)]
         for name, rows in result["per_seed"].items():
+            if len(rows) < 2:
+                continue
             for seed, r in enumerate(rows):
                 lines.append(f"| {name} | {seed} | " + " | ".join(fmt(r.get(k)) for k, _ in COLUMNS) + " |")
     lines += ["", "## Settings", "",
@@ -63,8 +79,9 @@ def report_markdown(result: dict[str, Any]) -> str:
 
 
 def plot(rows: dict[str, dict], path: Path, title: str) -> None:
-    """FQ (log scale) against model utility, one point per row; rows of one method (an assistant
-    weight sweep, `name a=...`) are joined by a line. Written atomically."""
+    """FQ (log scale) against model utility, one point per row; the rows of one variant family (an
+    assistant-weight sweep `uld a=...`, a learning-rate sweep `ga lr=...`) are joined by a line, and
+    rows averaged over seeds are marked with their count. Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,20 +89,22 @@ def plot(rows: dict[str, dict], path: Path, title: str) -> None:
 
     from uld.io import save_figure
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(8, 6))
     groups: dict[str, list[tuple[float, float, str]]] = {}
     for name, r in rows.items():
         fq, mu = r.get("forget_quality"), r.get("model_utility")
         if fq is None or mu is None:
             continue
-        groups.setdefault(name.split(" a=")[0], []).append((mu, max(fq, 1e-30), name))
-    for group, pts in groups.items():
-        marker = {"target": "s", "retain": "*"}.get(group, "o")
+        label = name if r.get("seeds", 1) < 2 else f"{name} ({r['seeds']} seeds)"
+        groups.setdefault(name.split(" ")[0], []).append((mu, max(fq, 1e-30), label))
+    colors = plt.get_cmap("tab20").colors
+    for i, (group, pts) in enumerate(groups.items()):
+        marker = {"target": "s", "retain": "*"}.get(group, "D" if group == "uld" else "o")
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        ax.plot(xs, ys, marker=marker, markersize=11 if group == "retain" else 7, label=group,
+        ax.plot(xs, ys, marker=marker, markersize=11 if group == "retain" else 7, label=group, color=colors[(2 * i) % 20 + (2 * i // 20) % 2],
                 linestyle="-" if len(pts) > 1 else "none")
-        for x, y, name in pts:
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for x, y, name in pts:  # the group is in the legend: annotate the setting (a=..., lr=..., seeds)
+            ax.annotate(name[len(group):].strip() or group, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_yscale("log")
     ax.set_xlabel("model utility")
     ax.set_ylabel("forget quality (log scale)")
