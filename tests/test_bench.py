@@ -85,3 +85,20 @@ def test_bench_rejects_unknown_benchmark_and_all_without_out(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
     assert main(["bench", "train", "--repeats", "0", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+    for bad, says in (("hidden", "KEY=VALUE"), ("depth=3", "KEY=VALUE"), ("train_items=-1", "a positive integer (0 = all)"),
+                      ("gen_batches=1,0", "positive integers"), ("layers=two", "a positive integer")):
+        assert main(["bench", "train", "--size", bad, "--out", str(tmp_path / "x")]) == 2
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_bench_sizes_and_a_trimmed_train_epoch(tofu_dir, tmp_path):
+    from uld.bench.workload import parse_sizes, train_data
+    from uld.data.records import load_split
+
+    sizes = parse_sizes(["train_items=5", "gen_batches=1,16", "new_tokens=8"])
+    assert (sizes.train_items, sizes.gen_batches, sizes.new_tokens, sizes.hidden) == (5, (1, 16), 8, 384)
+    trimmed = train_data(str(tofu_dir), tmp_path, 5)
+    for split in ("forget10", "retain90"):
+        assert load_split(trimmed, split) == load_split(str(tofu_dir), split)[:5]
+    assert train_data(str(tofu_dir), tmp_path, 0) == str(tofu_dir)

@@ -30,66 +30,18 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from uld.bench import measure as M
 from uld.bench.eval_groups import eval_groups
+from uld.bench.workload import BenchSizes, prepare_miniature, train_data
 from uld.errors import UldError
 
 BENCHES = ("train", "generate", "eval")
 TRAIN_METHODS = ("uld", "npo_gd", "gd")
 """Methods of `train`, ULD first; each sees the same forget and retain batches."""
-
-
-@dataclass
-class BenchSizes:
-    """Sizes of the default miniature and of each case; the defaults finish `all` in minutes."""
-
-    hidden: int = 384
-    """Hidden size of the benchmark Llama (LoRA r 32 then adds ~13 % to a block's multiply-adds and
-    the head is ~0.4 of a block; at 192 they are ~27 % and ~0.9, far from any real model's)."""
-    layers: int = 8
-    """Decoder layers of the benchmark Llama (the assistant takes a quarter)."""
-    vocab: int = 2048
-    """BPE vocabulary trained on the world's text."""
-    num_authors: int = 60
-    """Authors of the built-in world (forget10 = the last 10 %)."""
-    new_tokens: int = 128
-    """Tokens generated per sequence in `generate`."""
-    gen_batches: tuple[int, ...] = (1, 16)
-    """Batch sizes of `generate`."""
-    eval_items: int = 16
-    """Items per TOFU split in `eval` (4 splits): one full batch of `eval_batch` per split."""
-    eval_new_tokens: int = 32
-    """Greedy tokens per item for ROUGE in `eval`."""
-    eval_batch: int = 16
-    """Batched evaluation's batch size (compared with batch size 1)."""
-    train_batch: int = 32
-    """Training batch size (ULD paper: 32)."""
-
-
-# ------------------------------------------------------------------ the default miniature
-
-
-def prepare_miniature(work: Path, sizes: BenchSizes) -> tuple[str, str]:
-    """Write the world's data and a random Llama + tokenizer under `work`; (model dir, data dir)."""
-    import torch
-
-    from uld.data.records import load_split
-    from uld.data.tokenizer import train_bpe_tokenizer
-    from uld.models.miniature import miniature_llama
-    from uld.world import WorldConfig, write_world
-
-    data = write_world(work / "data", WorldConfig(num_authors=sizes.num_authors))
-    texts = [f"{r['question']} {r['answer']}" for r in load_split(str(data), "full")]
-    tok = train_bpe_tokenizer(texts, vocab_size=sizes.vocab)
-    torch.manual_seed(0)
-    model_dir = work / "model"
-    miniature_llama(tok, sizes.hidden, sizes.layers, sizes.hidden * 8 // 3, 4, 512).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    return str(model_dir), str(data)
 
 
 # ------------------------------------------------------------------ one case, in a subprocess
@@ -330,7 +282,7 @@ def run_benches(which: list[str], model: str | None, data: str | None, repeats: 
     result: dict[str, Any] = {"machine": M.machine(), "model": model, "data": data, "repeats": repeats,
                               "sizes": asdict(sizes)}
     if "train" in which:
-        result["train"] = bench_train(model, data, repeats, sizes, work, step)
+        result["train"] = bench_train(model, train_data(data, work, sizes.train_items), repeats, sizes, work, step)
     if "generate" in which:
         result["generate"] = bench_generate(model, data, repeats, sizes, step)
     if "eval" in which:
@@ -348,10 +300,11 @@ def to_markdown(res: dict[str, Any]) -> str:
     lines = ["# uld bench", "",
              f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
              f"device {m['device']}{' ' + m['gpu'] if m.get('gpu') else ''}; load average at start {m['load_average']}.",
-             f"Median of {res['repeats']} repeats; memory: {m['memory_method']}. Total wall {res['wall_seconds']:.0f} s.", ""]
+             f"Model: {res['model']}. Median of {res['repeats']} repeats; memory: {m['memory_method']}. Total wall {res['wall_seconds']:.0f} s.", ""]
     if "train" in res:
         t = res["train"]
-        lines += ["## train (one epoch)", "", "| method | s/epoch | peak MB |", "|---|---|---|"]
+        sz = res["sizes"]
+        lines += [f"## train (one epoch: {sz.get('train_items') or 'all'} forget items, batch {sz['train_batch']})", "", "| method | s/epoch | peak MB |", "|---|---|---|"]
         lines += [f"| {k} | {t[k]['epoch_seconds']:.2f} | {t[k]['peak_mb']:.0f} |" for k in TRAIN_METHODS]
         lines += ["", f"ULD speed-up: {t['speedup_vs_npo_gd']:.2f}x vs NPO+GD, {t['speedup_vs_gd']:.2f}x vs GD; "
                   f"ULD peak memory / NPO+GD's: {t['memory_ratio_vs_npo_gd']:.2f}, / GD's: {t['memory_ratio_vs_gd']:.2f}.", ""]

@@ -18,6 +18,8 @@ def bench_command(
     model: str | None = typer.Option(None, "--model", help="Target model directory (default: the built-in miniature)."),
     data: str | None = typer.Option(None, "--data", help="TOFU-layout data directory (default: the built-in world)."),
     repeats: int = typer.Option(3, "--repeats", help="Repeats per case; the median is reported."),
+    size: list[str] = typer.Option(
+        [], "--size", help="KEY=VALUE override of a benchmark size, e.g. train_items=64 or gen_batches=1,16 (repeatable)."),
     openunlearning: str | None = typer.Option(
         None, "--openunlearning", help="OpenUnlearning's src directory: eval also times its TOFU evaluator on the same work."),
 ) -> None:
@@ -28,19 +30,21 @@ def bench_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from uld.bench.perf import BENCHES, BenchSizes, run_benches, steps_of
+    from uld.bench import perf
+    from uld.bench.perf import BENCHES, run_benches, steps_of
     from uld.bench.report import summary_rows, write_report
+    from uld.bench.workload import parse_sizes
     from uld.errors import UldError, unknown_choice
     from uld.io import check_out
 
     if which not in WHICH:
         raise unknown_choice("benchmark", which, WHICH)
+    sizes = parse_sizes(size, perf.BenchSizes())  # a bad --size is refused before anything is written
     if which == "all" and out is None:
         raise UldError("uld bench all needs --out DIR for bench.json and bench.md")
     if out is not None:
         check_out(out, {"--model": model, "--data": data})
     names = list(BENCHES) if which == "all" else [which]
-    sizes = BenchSizes()
     console = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="uld-bench-") as work:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
