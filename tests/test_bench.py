@@ -42,6 +42,9 @@ def test_bench_all_writes_json_and_table_with_positive_ratios(tiny_bench, tmp_pa
         lora_bytes = 4 * (4 * r * (h + h) + 3 * r * (h + i))
         assert row["uld"]["weights_mb"] - row["target"]["weights_mb"] == pytest.approx(lora_bytes / 2**20)
         assert row["assistant_kv_mb"] > 0 and row["memory_ratio"] > 0
+        # Live tensor bytes: ULD holds the target's KV and the assistant's on top of the same weights.
+        assert row["uld"]["live_mb"] > row["target"]["live_mb"] > row["target"]["weights_mb"]
+        assert row["live_memory_ratio"] > 0
     e = res["eval"]
     assert e["items"] == 4 * 2 and e["speedup"] > 0
     assert e["max_abs_diff"] < 1e-4  # batched scoring and generation give batch-1's values
@@ -102,3 +105,23 @@ def test_bench_sizes_and_a_trimmed_train_epoch(tofu_dir, tmp_path):
     for split in ("forget10", "retain90"):
         assert load_split(trimmed, split) == load_split(str(tofu_dir), split)[:5]
     assert train_data(str(tofu_dir), tmp_path, 0) == str(tofu_dir)
+
+
+def test_memory_cases_run_with_a_fixed_mmap_threshold_and_timed_cases_without(monkeypatch):
+    """glibc raises its mmap threshold after large frees and keeps the heap's free space, so the
+    resident set of the same tensors varies by run; the memory-only processes fix the threshold."""
+    import subprocess
+
+    from uld.bench.measure import MALLOC_ENV
+
+    seen = []
+
+    def fake_run(cmd, capture_output, text, env):
+        seen.append(env)
+        return subprocess.CompletedProcess(cmd, 0, stdout="@@{}\n", stderr="")
+
+    monkeypatch.setattr(perf.subprocess, "run", fake_run)
+    for which in ("target", "uld", "both"):
+        assert perf._run_case({"kind": "generate", "which": which}) == {}
+    assert seen[0]["MALLOC_MMAP_THRESHOLD_"] == seen[1]["MALLOC_MMAP_THRESHOLD_"] == MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]
+    assert seen[2] is None  # the timed process runs as the user's

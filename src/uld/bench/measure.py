@@ -3,6 +3,16 @@
 Peak memory: on CPU the growth of the process's resident set over a window (the kernel's
 peak-RSS counter is reset at the window's start where Linux allows, else `ru_maxrss`), on CUDA
 `torch.cuda.max_memory_allocated`; tracemalloc does not see torch's allocator.
+
+Live tensor bytes (`LiveCounter`): the peak of the bytes torch's own allocator holds for tensors
+during a window, counted from its allocation and free events (torch.profiler's memory events on
+CPU, `torch.cuda.max_memory_allocated` on CUDA). Unlike the resident set it does not depend on
+what the C allocator keeps after a free: glibc malloc raises its mmap threshold to the size of each
+large block freed (up to 32 MiB, and its trim threshold to twice that), then serves smaller tensors
+from its heap and keeps the heap's free space, so the same tensors can cost 10-20 % more (or,
+reusing free space left from before the window, less) resident memory from one run to the next.
+Fixing the threshold (`MALLOC_ENV`) makes every tensor above 64 KiB its own mapping, returned at
+its free, and the resident set follow the live bytes.
 """
 
 from __future__ import annotations
@@ -10,8 +20,19 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+"""Environment of the fresh processes that measure resident memory: a fixed glibc mmap threshold
+(64 KiB, which also switches off its dynamic raising), so every tensor above it is mapped on its own
+and unmapped at its free, and the resident set follows the live tensors (other C libraries ignore it)."""
+
+
+def memory_env() -> dict[str, str]:
+    """This process's environment with `MALLOC_ENV`: for a fresh process that measures resident memory."""
+    return {**os.environ, **MALLOC_ENV}
 
 
 def rss_mb() -> float:
@@ -42,6 +63,114 @@ def reset_peak_rss() -> float | None:
     except OSError:
         return None
     return proc_status_mb("VmRSS")
+
+
+@dataclass(frozen=True)
+class LiveBytes:
+    """Tensor memory allocated by torch during a window, in MB: the highest total held at once
+    (`peak_mb`) and what is still held at its end (`end_mb`, a returned result included)."""
+
+    peak_mb: float
+    end_mb: float
+
+
+class LiveCounter:
+    """Counts the bytes torch's allocator gives to tensors created inside a `with` block, in the
+    order of their allocations and frees: on CPU from torch.profiler's memory events, on CUDA from
+    `max_memory_allocated` minus the memory allocated at the start. Tensors that existed before the
+    block are not counted. The figure depends neither on the C allocator nor on the thread count.
+
+    The CPU profiler keeps a record of every operator until it stops (about 3 KB each: gigabytes
+    for one batched generation), so long calls `flush()` now and then, e.g. once per decoding step
+    with `generate(..., stopping_criteria=[counter.each_step()])`: each flush folds the events so
+    far into the running total and drops them. Allocations are matched to their frees across
+    flushes by torch's allocator itself.
+    """
+
+    def __init__(self):
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        self._held = self._peak = self._base = 0
+
+    def __enter__(self) -> LiveCounter:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+        else:
+            self._start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            self._peak = torch.cuda.max_memory_allocated() - self._base
+            self._held = torch.cuda.memory_allocated() - self._base
+        else:
+            self._fold()
+
+    @staticmethod
+    def _config():
+        import torch
+        from torch.autograd import ProfilerActivity, ProfilerConfig, ProfilerState
+
+        # (state, report_input_shapes, profile_memory, with_stack, with_flops, with_modules, experimental)
+        config = ProfilerConfig(ProfilerState.KINETO, False, True, False, False, False,
+                                torch._C._profiler._ExperimentalConfig())
+        return config, {ProfilerActivity.CPU}
+
+    def _start(self) -> None:
+        from torch.autograd import _enable_profiler, _prepare_profiler
+
+        config, activities = self._config()
+        _prepare_profiler(config, activities)
+        _enable_profiler(config, activities)
+
+    def _fold(self) -> None:
+        from torch._C._autograd import DeviceType
+        from torch.autograd import _disable_profiler
+
+        events = sorted((e.start_ns(), e.nbytes()) for e in _disable_profiler().events()
+                        if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
+        for _, nbytes in events:  # frees are negative
+            self._held += nbytes
+            self._peak = max(self._peak, self._held)
+
+    def flush(self) -> None:
+        if not self.cuda:
+            self._fold()
+            self._start()
+
+    def each_step(self):
+        """A transformers stopping criterion that never stops and flushes this counter at every step."""
+        import torch
+        from transformers import StoppingCriteria
+
+        counter = self
+
+        class _Flush(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                counter.flush()
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+        return _Flush()
+
+    @property
+    def result(self) -> LiveBytes:
+        return LiveBytes(self._peak / 2**20, self._held / 2**20)
+
+
+def live_window(fn):
+    """Call `fn()` inside a `LiveCounter`; (its result, `LiveBytes`). For short calls: a long one
+    needs the counter's `flush`."""
+    with LiveCounter() as counter:
+        out = fn()
+    return out, counter.result
 
 
 def device_name() -> str:
@@ -110,6 +239,7 @@ def machine() -> dict[str, Any]:
         "memory_method": "torch.cuda.max_memory_allocated delta" if dev == "cuda"
         else "peak RSS of a fresh process per case (the kernel's peak counter reset at the start of the "
         "window, or ru_maxrss where it cannot be) minus its RSS at the start (train: before loading "
-        "the model; generate: after loading it and one warm-up call)",
+        "the model; generate: after loading it and one warm-up call, glibc's mmap threshold fixed at 64 KiB); "
+        "generate also reports live tensor bytes (torch.profiler memory events)",
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
