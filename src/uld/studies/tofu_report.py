@@ -79,9 +79,10 @@ def report_markdown(result: dict[str, Any]) -> str:
 
 
 def plot(rows: dict[str, dict], path: Path, title: str) -> None:
-    """FQ (log scale) against model utility, one point per row; the rows of one variant family (an
-    assistant-weight sweep `uld a=...`, a learning-rate sweep `ga lr=...`) are joined by a line, and
-    rows averaged over seeds are marked with their count. Written atomically."""
+    """FQ (log scale) against model utility, one point per row. The rows of one variant family (an
+    assistant-weight sweep `uld a=...`, a learning-rate sweep `ga lr=...`) share a colour and are
+    joined in sweep order, the marker growing with the setting; the target, the retain model and
+    rows averaged over seeds are named on the plot (others: in the legend). Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,27 +90,35 @@ def plot(rows: dict[str, dict], path: Path, title: str) -> None:
 
     from uld.io import save_figure
 
-    fig, ax = plt.subplots(figsize=(8, 6))
-    groups: dict[str, list[tuple[float, float, str]]] = {}
+    fig, ax = plt.subplots(figsize=(9, 6))
+    groups: dict[str, list[tuple[float, float, str, int]]] = {}
     for name, r in rows.items():
         fq, mu = r.get("forget_quality"), r.get("model_utility")
         if fq is None or mu is None:
             continue
-        label = name if r.get("seeds", 1) < 2 else f"{name} ({r['seeds']} seeds)"
-        groups.setdefault(name.split(" ")[0], []).append((mu, max(fq, 1e-30), label))
+        groups.setdefault(name.split(" ")[0], []).append((mu, max(fq, 1e-30), name, r.get("seeds") or 1))
     colors = plt.get_cmap("tab20").colors
+    named: list[tuple[float, float, str]] = []
     for i, (group, pts) in enumerate(groups.items()):
         marker = {"target": "s", "retain": "*"}.get(group, "D" if group == "uld" else "o")
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        ax.plot(xs, ys, marker=marker, markersize=11 if group == "retain" else 7, label=group, color=colors[(2 * i) % 20 + (2 * i // 20) % 2],
-                linestyle="-" if len(pts) > 1 else "none")
-        for x, y, name in pts:  # the group is in the legend: annotate the setting (a=..., lr=..., seeds)
-            ax.annotate(name[len(group):].strip() or group, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        color = colors[(2 * i) % 20 + (2 * i // 20) % 2]
+        settings = ", ".join(p[2][len(group):].strip() for p in pts if p[2] != group)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, linewidth=1, marker=marker, markersize=5,
+                label=f"{group} ({settings})" if settings else group)
+        for k, (x, y, name, seeds) in enumerate(pts):
+            ax.plot([x], [y], marker=marker, color=color, linestyle="none", zorder=3 if group == "retain" else 2,
+                    markersize=14 if group == "retain" else 5 + 3 * k, markerfacecolor="none" if group == "retain" else color)
+            if group in ("target", "retain") or seeds > 1:
+                named.append((x, y, name + (f" ({seeds} seeds)" if seeds > 1 else "")))
+    for n, (x, y, text) in enumerate(named):  # staggered so that close points stay readable
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(-150, -14 - 12 * n), fontsize=7,
+                    arrowprops={"arrowstyle": "-", "linewidth": 0.5, "color": "grey"})
     ax.set_yscale("log")
     ax.set_xlabel("model utility")
     ax.set_ylabel("forget quality (log scale)")
     ax.set_title(title)
     ax.axhline(0.05, color="grey", linestyle=":", linewidth=1)
-    ax.legend(loc="best", fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, title="sweep: marker grows with the setting",
+              title_fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
