@@ -90,7 +90,7 @@ def test_study_runs_end_to_end_and_resumes_from_its_cache(tofu_dir, tiny_model_d
     assert seeded["results"]["ga"]["model_utility"] == pytest.approx(
         (rows["ga"]["model_utility"] + seeded["per_seed"]["ga"][1]["model_utility"]) / 2)
     report = (out / "REPORT.md").read_text()
-    assert "Chosen settings" in report and "## Per seed" in report and "## Spread over seeds" in report
+    assert "keep 95% of the target" in report and "## Per seed" in report and "## Spread over seeds" in report
 
 
 def test_choose_takes_the_best_forget_quality_that_keeps_utility():
@@ -135,3 +135,5 @@ def test_study_cli_rejects_unknown_methods(capsys, tofu_dir):
 
     assert main(["study", "tofu", "--model", "x", "--data", str(tofu_dir), "--methods", "uld,npo3"]) == 2
     assert "unknown variant(s) npo3 in --methods" in capsys.readouterr().err
+    assert main(["study", "tofu", "--model", "x", "--data", str(tofu_dir), "--chosen-seeds", "0", "--out", "never"]) == 2
+    assert "--chosen-seeds must be at least 1" in capsys.readouterr().err

@@ -253,7 +253,11 @@ def default_variants(quick: bool) -> list[Variant]:
     return [uld, paper, *sweep]
 
 
-def choose(rows: dict[str, dict], labels: list[str], target_utility: float | None, keep: float = 0.95) -> str | None:
+KEEP_UTILITY = 0.95
+"""`choose`'s bar: the share of the target's model utility a setting must keep to compete on forget quality."""
+
+
+def choose(rows: dict[str, dict], labels: list[str], target_utility: float | None, keep: float = KEEP_UTILITY) -> str | None:
     """The label among `labels` with the highest forget quality among rows whose model utility is at
     least `keep` x the target's (ties: higher utility); when none keeps it, the highest utility."""
     have = [lb for lb in labels if rows.get(lb, {}).get("forget_quality") is not None
@@ -365,7 +369,8 @@ def run_study(model: str, data: str, out: Path, cache: Path, cfg: StudyConfig, v
             spreads[label] = spread(r)
     total = time.time() - t_start
     settings = {"model": model, "data": data, "study": cfg.to_dict(), "split_sizes": sizes,
-                "variants": [asdict(v) for v in variants], "seeds": seeds, "chosen_seeds": chosen_seeds}
+                "variants": [asdict(v) for v in variants], "seeds": seeds, "chosen_seeds": chosen_seeds,
+                "keep_utility": KEEP_UTILITY}
     result = {"results": rows, "per_seed": per_seed, "spread": spreads, "chosen": chosen, "settings": settings,
               "stage_seconds": seconds, "total_seconds": round(total, 1)}
     out.mkdir(parents=True, exist_ok=True)

@@ -40,13 +40,13 @@ def report_markdown(result: dict[str, Any]) -> str:
     for name, r in result["results"].items():
         lines.append(f"| {name} | {r.get('seeds', '-')} | " + " | ".join(fmt(r.get(k)) for k, _ in COLUMNS) + " |")
     if chosen:
-        lines += ["", "Chosen settings (the highest forget quality among the settings that keep 95 % of the target's "
-                  "model utility, else the highest utility), run with more seeds: "
+        lines += ["", f"Chosen settings (the highest forget quality among the settings that keep {s['keep_utility']:.0%} of "
+                  "the target's model utility, else the highest utility), run with more seeds: "
                   + ", ".join(f"{kind} `{label}`" for kind, label in chosen.items()) + "."]
     spreads = result.get("spread") or {}
     if spreads:
         lines += ["", "## Spread over seeds (sample standard deviation)", "",
-                  "| model | seeds | " + " | ".join(c for _, c in COLUMNS[:10]) + " |", "|" + "---|" * 12]
+                  "| model | seeds | " + " | ".join(c for _, c in COLUMNS[:10]) + " |", "|" + "---|" * (10 + 2)]
         for name, sp in spreads.items():
             cells = [fmt(sp[k]["sd"]) if sp.get(k) else "n/a" for k, _ in COLUMNS[:10]]
             lines.append(f"| {name} | {len(result['per_seed'][name])} | " + " | ".join(cells) + " |")
